@@ -1,0 +1,328 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * mod_aoai_balancer: one balancer:// URL in front of several Azure OpenAI
+ * deployments, each with its own quota.
+ *
+ *   LoadModule aoai_balancer_module modules/mod_aoai_balancer.so
+ *   <Proxy balancer://aoai>
+ *       BalancerMember https://farm1.openai.azure.com lbset=0 route=farm1
+ *       BalancerMember https://farm0.openai.azure.com lbset=1 route=farm0
+ *       ProxySet lbmethod=aoai
+ *   </Proxy>
+ *   ProxyPass /openai balancer://aoai/openai
+ *
+ * This file holds the directives and wires the parts together; see
+ * modules/aoai_balancer.h for what each part does.
+ */
+
+#include "modules/aoai_balancer.h"
+
+#include "apr_strings.h"
+#include "apr_lib.h"
+
+#include "ap_provider.h"
+#include "http_config.h"
+#include "http_log.h"
+
+/* ------------------------------------------------------------------ */
+/* Configuration                                                        */
+
+static void set_default_failover(aoai_dir_conf *conf)
+{
+    static const int statuses[] = { 429, 500, 502, 503, 504 };
+    apr_size_t i;
+
+    memset(conf->failover_status, 0, sizeof(conf->failover_status));
+    for (i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) {
+        int bit = statuses[i] - 400;
+        conf->failover_status[bit / 32] |= 1u << (bit % 32);
+    }
+    conf->failover_transport = AOAI_FAIL_CONNECTION | AOAI_FAIL_TIMEOUT;
+}
+
+static void *create_dir_conf(apr_pool_t *p, char *dir)
+{
+    aoai_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
+
+    (void)dir;
+    conf->throttle_default = AOAI_DEFAULT_THROTTLE_WINDOW;
+    conf->throttle_max = AOAI_DEFAULT_THROTTLE_MAX;
+    conf->max_body = AOAI_DEFAULT_MAX_BODY;
+    conf->backend_header = AOAI_DEFAULT_BACKEND_HEADER;
+    set_default_failover(conf);
+    return conf;
+}
+
+static void *merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    aoai_dir_conf *base = basev, *add = addv;
+    aoai_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
+
+#define MERGE(field) \
+    conf->field = add->field##_set ? add->field : base->field; \
+    conf->field##_set = add->field##_set || base->field##_set
+    MERGE(throttle_default);
+    MERGE(throttle_max);
+    MERGE(max_body);
+    MERGE(backend_header);
+#undef MERGE
+    if (add->failover_set) {
+        memcpy(conf->failover_status, add->failover_status,
+               sizeof(conf->failover_status));
+        conf->failover_transport = add->failover_transport;
+    }
+    else {
+        memcpy(conf->failover_status, base->failover_status,
+               sizeof(conf->failover_status));
+        conf->failover_transport = base->failover_transport;
+    }
+    conf->failover_set = add->failover_set || base->failover_set;
+    return conf;
+}
+
+static void *create_server_conf(apr_pool_t *p, server_rec *s)
+{
+    aoai_server_conf *conf = apr_pcalloc(p, sizeof(*conf));
+
+    (void)s;
+    conf->table_slots = AOAI_DEFAULT_TABLE_SLOTS;
+    return conf;
+}
+
+static const char *parse_window(cmd_parms *cmd, const char *arg,
+                                apr_interval_time_t *window)
+{
+    if (ap_timeout_parameter_parse(arg, window, "s") != APR_SUCCESS
+        || *window <= 0) {
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a positive duration "
+                            "(seconds, or a number with ms, s, mi or h)",
+                            cmd->cmd->name, arg);
+    }
+    return NULL;
+}
+
+static const char *set_throttle_default(cmd_parms *cmd, void *dconf,
+                                        const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+    const char *err = parse_window(cmd, arg, &conf->throttle_default);
+
+    if (err) {
+        return err;
+    }
+    if (conf->throttle_max_set && conf->throttle_default > conf->throttle_max) {
+        return apr_psprintf(cmd->pool, "AOAIThrottleDefault %s is longer than "
+                            "AOAIThrottleMax in the same context", arg);
+    }
+    conf->throttle_default_set = 1;
+    return NULL;
+}
+
+static const char *set_throttle_max(cmd_parms *cmd, void *dconf,
+                                    const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+    const char *err = parse_window(cmd, arg, &conf->throttle_max);
+
+    if (err) {
+        return err;
+    }
+    if (conf->throttle_default_set && conf->throttle_default > conf->throttle_max) {
+        return apr_psprintf(cmd->pool, "AOAIThrottleMax %s is shorter than "
+                            "AOAIThrottleDefault in the same context", arg);
+    }
+    conf->throttle_max_set = 1;
+    return NULL;
+}
+
+static const char *set_failover_on(cmd_parms *cmd, void *dconf,
+                                   const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+    char *end;
+    long status;
+
+    if (!conf->failover_set) {
+        /* The first list in a context replaces the inherited one. */
+        memset(conf->failover_status, 0, sizeof(conf->failover_status));
+        conf->failover_transport = 0;
+        conf->failover_set = 1;
+    }
+    if (!strcasecmp(arg, "connection-error")) {
+        conf->failover_transport |= AOAI_FAIL_CONNECTION;
+        return NULL;
+    }
+    if (!strcasecmp(arg, "timeout")) {
+        conf->failover_transport |= AOAI_FAIL_TIMEOUT;
+        return NULL;
+    }
+    if (!strcasecmp(arg, "none")) {
+        return NULL;
+    }
+    status = strtol(arg, &end, 10);
+    if (!apr_isdigit(*arg) || *end) {
+        return apr_psprintf(cmd->pool, "AOAIFailoverOn: '%s' is neither an "
+                            "HTTP status nor one of connection-error, "
+                            "timeout, none", arg);
+    }
+    if (status < 400 || status > 599) {
+        return apr_psprintf(cmd->pool, "AOAIFailoverOn: status %s is outside "
+                            "400-599; only a failed answer can fail over",
+                            arg);
+    }
+    status -= 400;
+    conf->failover_status[status / 32] |= 1u << (status % 32);
+    return NULL;
+}
+
+static const char *set_max_body(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+    apr_off_t limit;
+    char *end;
+
+    if (apr_strtoff(&limit, arg, &end, 10) != APR_SUCCESS || !apr_isdigit(*arg)) {
+        return apr_psprintf(cmd->pool, "AOAIMaxBody: '%s' is not a size in "
+                            "bytes (a number, optionally followed by K, M "
+                            "or G)", arg);
+    }
+    switch (apr_tolower(*end)) {
+    case 'g': limit *= 1024; /* fall through */
+    case 'm': limit *= 1024; /* fall through */
+    case 'k': limit *= 1024; end++; break;
+    case '\0': break;
+    default: end = "?";
+    }
+    if (*end) {
+        return apr_psprintf(cmd->pool, "AOAIMaxBody: '%s' is not a size in "
+                            "bytes (a number, optionally followed by K, M "
+                            "or G)", arg);
+    }
+    if (limit <= 0 || limit > (apr_off_t)APR_INT32_MAX) {
+        return apr_psprintf(cmd->pool, "AOAIMaxBody: %s is out of range; "
+                            "bodies are kept in memory for replay, so the "
+                            "limit must be between 1 byte and 2G", arg);
+    }
+    conf->max_body = limit;
+    conf->max_body_set = 1;
+    return NULL;
+}
+
+static const char *set_backend_header(cmd_parms *cmd, void *dconf,
+                                      const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+    const char *p;
+
+    conf->backend_header_set = 1;
+    if (!strcasecmp(arg, "off")) {
+        conf->backend_header = NULL;
+        return NULL;
+    }
+    for (p = arg; *p; p++) {
+        /* RFC 9110 token characters only: the name goes on the wire. */
+        if (!apr_isalnum(*p) && !strchr("!#$%&'*+-.^_`|~", *p)) {
+            return apr_psprintf(cmd->pool, "AOAIBackendHeader: '%s' is not "
+                                "a valid header name (or Off)", arg);
+        }
+    }
+    conf->backend_header = arg;
+    return NULL;
+}
+
+static const char *set_table_size(cmd_parms *cmd, void *dummy,
+                                  const char *arg)
+{
+    aoai_server_conf *conf = ap_get_module_config(cmd->server->module_config,
+                                                  &aoai_balancer_module);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    char *end;
+    long slots;
+
+    (void)dummy;
+    if (err) {
+        return err;
+    }
+    slots = strtol(arg, &end, 10);
+    if (!apr_isdigit(*arg) || *end || slots < 16 || slots > 65536) {
+        return apr_psprintf(cmd->pool, "AOAIThrottleTableSize: '%s' is not a "
+                            "number of slots from 16 to 65536", arg);
+    }
+    conf->table_slots = (int)slots;
+    return NULL;
+}
+
+static const command_rec aoai_cmds[] =
+{
+    AP_INIT_TAKE1("AOAIThrottleDefault", set_throttle_default, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "How long a member that answered 429 without a usable "
+                  "Retry-After is skipped (default 10s)"),
+    AP_INIT_TAKE1("AOAIThrottleMax", set_throttle_max, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "The longest throttle window a member's headers can ask "
+                  "for (default 60s)"),
+    AP_INIT_ITERATE("AOAIFailoverOn", set_failover_on, NULL,
+                    RSRC_CONF | ACCESS_CONF,
+                    "Statuses (400-599) and connection-error, timeout: "
+                    "failures that move the request to the next member"),
+    AP_INIT_TAKE1("AOAIMaxBody", set_max_body, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Largest request body kept for replay (default 4M); "
+                  "larger requests get 413"),
+    AP_INIT_TAKE1("AOAIBackendHeader", set_backend_header, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "Response header naming the member that served (default "
+                  "x-aoai-backend), or Off"),
+    AP_INIT_TAKE1("AOAIThrottleTableSize", set_table_size, NULL, RSRC_CONF,
+                  "Slots in the shared throttle table (default 512)"),
+    {NULL, {NULL}, NULL, 0, 0, NULL}
+};
+
+/* ------------------------------------------------------------------ */
+/* Hooks                                                                */
+
+static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,
+                            apr_pool_t *ptemp, server_rec *s)
+{
+    aoai_server_conf *conf = ap_get_module_config(s->module_config,
+                                                  &aoai_balancer_module);
+
+    (void)plog;
+    (void)ptemp;
+    /* The first of the two start-up passes only checks the configuration;
+     * shared memory made then would be thrown away. */
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) {
+        return OK;
+    }
+    if (aoai_lbmethod_post_config(s) != OK) {
+        return !OK;
+    }
+    if (aoai_throttle_post_config(pconf, s, conf->table_slots) != APR_SUCCESS) {
+        return !OK;
+    }
+    return OK;
+}
+
+static void register_hooks(apr_pool_t *p)
+{
+    static const char *const after_balancer[] = { "mod_proxy_balancer.c",
+                                                  NULL };
+
+    ap_register_provider(p, PROXY_LBMETHOD, AOAI_LBMETHOD_NAME, "0",
+                         &aoai_lbmethod);
+    ap_hook_post_config(aoai_post_config, after_balancer, NULL,
+                        APR_HOOK_MIDDLE);
+    aoai_failover_register_hooks(p);
+}
+
+AP_DECLARE_MODULE(aoai_balancer) = {
+    STANDARD20_MODULE_STUFF,
+    create_dir_conf,
+    merge_dir_conf,
+    create_server_conf,
+    NULL,
+    aoai_cmds,
+    register_hooks,
+    AP_MODULE_FLAG_NONE
+};

@@ -1,0 +1,128 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * mod_aoai_balancer: the pieces of the module and how they meet.
+ *
+ *   aoai_lbmethod.c          the "aoai" lbmethod provider: lowest lbset
+ *                            first, lbfactor inside an lbset, members inside
+ *                            a throttle window or already tried skipped.
+ *   aoai_throttle.c          throttle windows in shared memory, one slot per
+ *                            (balancer, member), kept over graceful restart.
+ *   aoai_ratelimit_headers.c what a member's 429 says about its window:
+ *                            retry-after-ms, Retry-After, x-ratelimit-reset-*.
+ *   aoai_failover.c          the handler that owns the attempt loop: keeps
+ *                            the request body, replays it to each member,
+ *                            catches failed answers in an output filter
+ *                            before a byte reaches the client.
+ *   mod_aoai_balancer.c      directives, per-directory configuration, hooks.
+ */
+
+#ifndef AOAI_BALANCER_H
+#define AOAI_BALANCER_H
+
+#include "httpd.h"
+#include "http_config.h"
+#include "mod_proxy.h"
+
+#include "apr_time.h"
+
+/* Provider names are limited to PROXY_MAX_PROVIDER_NAME_SIZE - 1 (15). */
+#define AOAI_LBMETHOD_NAME "aoai"
+
+#define AOAI_DEFAULT_THROTTLE_WINDOW apr_time_from_sec(10)
+#define AOAI_DEFAULT_THROTTLE_MAX    apr_time_from_sec(60)
+#define AOAI_DEFAULT_MAX_BODY        ((apr_off_t)4 * 1024 * 1024)
+#define AOAI_DEFAULT_BACKEND_HEADER  "x-aoai-backend"
+#define AOAI_DEFAULT_TABLE_SLOTS     512
+
+/* Failure classes that can be named in AOAIFailoverOn besides statuses. */
+#define AOAI_FAIL_CONNECTION  0x1   /* refused, reset, closed before a response */
+#define AOAI_FAIL_TIMEOUT     0x2   /* no response within the member's timeout */
+
+extern module AP_MODULE_DECLARE_DATA aoai_balancer_module;
+
+typedef struct {
+    apr_interval_time_t throttle_default;  /* window when a 429 names none */
+    apr_interval_time_t throttle_max;      /* no window is longer than this */
+    apr_off_t max_body;                    /* request bodies kept in memory */
+    const char *backend_header;            /* NULL: do not tell the client */
+    /* Statuses 400-599 that fail an attempt over, as a bitmap. */
+    apr_uint32_t failover_status[(600 - 400 + 31) / 32];
+    int failover_transport;                /* AOAI_FAIL_* bits */
+    unsigned int throttle_default_set:1;
+    unsigned int throttle_max_set:1;
+    unsigned int max_body_set:1;
+    unsigned int backend_header_set:1;
+    unsigned int failover_set:1;
+} aoai_dir_conf;
+
+typedef struct {
+    int table_slots;
+    unsigned int table_slots_set:1;
+} aoai_server_conf;
+
+/* One member's shared record.  Written only with atomics: any child
+ * process or thread may raise a window at any time. */
+typedef struct aoai_member_slot aoai_member_slot;
+
+/* What this request has done so far; read by the lbmethod so that a
+ * failover never picks a member the request already tried. */
+typedef struct {
+    apr_array_header_t *tried;             /* proxy_worker * */
+    apr_array_header_t *skipped_throttled; /* proxy_worker * */
+    int attempts;
+    /* Set by the output filter during one attempt. */
+    int in_attempt;
+    int answered_status;   /* a failed answer the filter swallowed */
+    int backend_broke;     /* the member went away before answering */
+    int passed;            /* the answer went on to the client */
+    proxy_worker *worker;  /* member of the current attempt */
+    proxy_balancer *balancer;
+    const aoai_dir_conf *conf;
+} aoai_request_state;
+
+/* aoai_ratelimit_headers.c */
+typedef enum {
+    AOAI_WINDOW_ABSENT = 0, /* no rate-limit header at all */
+    AOAI_WINDOW_FOUND,      /* *window holds what the member asked for */
+    AOAI_WINDOW_GARBAGE     /* headers present, none of them usable */
+} aoai_window_source;
+
+typedef struct {
+    const char *retry_after_ms;
+    const char *retry_after;
+    const char *reset_requests;
+    const char *reset_tokens;
+} aoai_ratelimit_headers;
+
+aoai_window_source aoai_window_from_headers(const aoai_ratelimit_headers *h,
+                                            apr_time_t now,
+                                            apr_interval_time_t *window,
+                                            const char **bad_header);
+int aoai_parse_duration(const char *value, int plain_unit_ms,
+                        apr_interval_time_t *out);
+
+/* aoai_throttle.c */
+apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
+                                       int table_slots);
+aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
+                                     proxy_worker *worker);
+apr_time_t aoai_throttle_until(const aoai_member_slot *slot);
+int aoai_throttle_raise(aoai_member_slot *slot, apr_time_t until);
+int aoai_throttle_note_garbage(aoai_member_slot *slot, int garbage);
+int aoai_member_is_throttled(proxy_balancer *balancer, proxy_worker *worker,
+                             apr_time_t now);
+apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now);
+
+/* aoai_lbmethod.c */
+extern const proxy_balancer_method aoai_lbmethod;
+int aoai_lbmethod_post_config(server_rec *s);
+int aoai_member_is_candidate(proxy_worker *worker,
+                             const aoai_request_state *state);
+
+/* aoai_failover.c */
+void aoai_failover_register_hooks(apr_pool_t *p);
+aoai_request_state *aoai_request_state_get(request_rec *r);
+int aoai_failover_on_status(const aoai_dir_conf *conf, int status);
+
+#endif /* AOAI_BALANCER_H */

@@ -1,0 +1,150 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * lbmethod=aoai: priority first, quota windows respected.
+ *
+ * Priority is the member's lbset, the number the BalancerManager already
+ * lets an admin edit live: ap_proxy_balancer_get_best_worker() walks lbsets
+ * from 0 upwards and only looks at a higher one when no member of a lower
+ * one is usable, which is the APIM policy's "lower priority number first".
+ * Inside one lbset the weighting is byrequests' (lbfactor, lbstatus), so
+ * two members of equal priority share the load deterministically.
+ *
+ * On top of that, a member is not "best" while it sits inside a throttle
+ * window, nor when the current request already tried it: that is what turns
+ * a 429 into a move to the next member instead of a second 429.  Draining,
+ * disabled, hot-spare and hot-standby members keep their stock meaning
+ * because the walk itself is stock.
+ */
+
+#include "aoai_balancer.h"
+
+#include "apr_time.h"
+#include "http_log.h"
+
+APLOG_USE_MODULE(aoai_balancer);
+
+
+static APR_OPTIONAL_FN_TYPE(proxy_balancer_get_best_worker)
+                            *get_best_worker_fn = NULL;
+
+typedef struct {
+    proxy_balancer *balancer;
+    aoai_request_state *state;   /* NULL when the module's handler is not
+                                  * driving the request */
+    apr_time_t now;
+    int total_factor;
+} aoai_pick;
+
+static int already_in(const apr_array_header_t *workers, proxy_worker *worker)
+{
+    int i;
+    for (i = 0; i < workers->nelts; i++) {
+        if (APR_ARRAY_IDX(workers, i, proxy_worker *) == worker) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int is_best_aoai(proxy_worker *current, proxy_worker *prev_best,
+                        void *baton)
+{
+    aoai_pick *pick = baton;
+
+    if (pick->state && already_in(pick->state->tried, current)) {
+        return 0;
+    }
+    if (aoai_member_is_throttled(pick->balancer, current, pick->now)) {
+        if (pick->state && !already_in(pick->state->skipped_throttled,
+                                       current)) {
+            APR_ARRAY_PUSH(pick->state->skipped_throttled, proxy_worker *) =
+                current;
+        }
+        return 0;
+    }
+
+    current->s->lbstatus += current->s->lbfactor;
+    pick->total_factor += current->s->lbfactor;
+
+    return !prev_best || current->s->lbstatus > prev_best->s->lbstatus;
+}
+
+static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
+{
+    aoai_pick pick;
+    proxy_worker *worker;
+
+    pick.balancer = balancer;
+    pick.state = aoai_request_state_get(r);
+    pick.now = apr_time_now();
+    pick.total_factor = 0;
+
+    worker = get_best_worker_fn(balancer, r, is_best_aoai, &pick);
+    if (worker) {
+        worker->s->lbstatus -= pick.total_factor;
+    }
+    return worker;
+}
+
+/* Whether a member could still be picked for this request: the module's
+ * handler asks before each attempt, so that "everyone is throttled" becomes
+ * the module's 429 rather than mod_proxy_balancer's "All workers are in
+ * error state" in the error log on every request.  Members in error are
+ * left to the stock walk, which knows when their retry time is up. */
+int aoai_member_is_candidate(proxy_worker *worker,
+                             const aoai_request_state *state)
+{
+    if (worker->s->status & (PROXY_WORKER_DISABLED | PROXY_WORKER_STOPPED
+                             | PROXY_WORKER_IN_SHUTDOWN)) {
+        return 0;
+    }
+    if (PROXY_WORKER_IS_DRAINING(worker)) {
+        return 0;
+    }
+    if (already_in(state->tried, worker)) {
+        return 0;
+    }
+    return !aoai_member_is_throttled(state->balancer, worker, apr_time_now());
+}
+
+static apr_status_t reset(proxy_balancer *balancer, server_rec *s)
+{
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    int i;
+
+    (void)s;
+    for (i = 0; i < balancer->workers->nelts; i++) {
+        workers[i]->s->lbstatus = 0;
+    }
+    return APR_SUCCESS;
+}
+
+static apr_status_t age(proxy_balancer *balancer, server_rec *s)
+{
+    (void)balancer;
+    (void)s;
+    return APR_SUCCESS;
+}
+
+int aoai_lbmethod_post_config(server_rec *s)
+{
+    get_best_worker_fn = APR_RETRIEVE_OPTIONAL_FN(proxy_balancer_get_best_worker);
+    if (!get_best_worker_fn) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, APLOGNO(10910)
+                     "mod_proxy must be loaded for lbmethod="
+                     AOAI_LBMETHOD_NAME);
+        return !OK;
+    }
+    return OK;
+}
+
+const proxy_balancer_method aoai_lbmethod =
+{
+    AOAI_LBMETHOD_NAME,
+    &find_best_aoai,
+    NULL,
+    &reset,
+    &age,
+    NULL
+};

@@ -1,0 +1,337 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * Throttle windows in shared memory.
+ *
+ * Every child process must see a window the moment any child opens it, and
+ * a graceful restart must not forget that a member is parked.  So the table
+ * is one anonymous shared segment, created by the parent in post_config and
+ * retained (ap_retained_data_*) from one generation to the next; children
+ * inherit the mapping when they are forked and need no child_init.
+ *
+ * A member's slot is found by a 64-bit hash of its balancer's and its own
+ * name, with linear probing.  Names rather than indexes, because indexes
+ * move when the configuration changes and names are what the admin means.
+ * Slots are claimed with a compare-and-swap, so a member added at run time
+ * (BalancerManager) can claim one from any child without a lock.
+ *
+ * throttle_until only ever moves forward (apr_atomic_cas64 loop): two
+ * children that see 429s with different Retry-After values at once end with
+ * the later window, never the earlier one.
+ */
+
+#include "aoai_balancer.h"
+
+#include "apr_atomic.h"
+#include "apr_hash.h"
+#include "apr_shm.h"
+#include "apr_strings.h"
+
+#include "http_log.h"
+
+
+APLOG_USE_MODULE(aoai_balancer);
+
+#define AOAI_TABLE_MAGIC 0x414f4149u    /* "AOAI" */
+#define AOAI_SLOT_NAME_SIZE 256
+#define AOAI_RETAINED_KEY "mod_aoai_balancer-throttle-table"
+
+struct aoai_member_slot {
+    volatile apr_uint64_t key;            /* 0 while the slot is free */
+    volatile apr_uint64_t throttle_until; /* apr_time_t; raise-only */
+    volatile apr_uint32_t garbage_logged; /* 1 after a bad header was logged */
+    apr_uint32_t reserved;
+    char name[AOAI_SLOT_NAME_SIZE];       /* "balancer|member", for people */
+};
+
+typedef struct {
+    apr_uint32_t magic;
+    apr_uint32_t slot_count;
+    aoai_member_slot slots[1];
+} aoai_throttle_table;
+
+typedef struct {
+    apr_shm_t *shm;
+    aoai_throttle_table *table;
+} aoai_retained;
+
+/* This generation's view: reset with the DSO on every restart, rebuilt in
+ * post_config, read-only once children are forked. */
+static aoai_throttle_table *table;
+static apr_hash_t *slot_by_worker;
+
+static apr_uint64_t member_key(const char *balancer_name,
+                               const char *member_name)
+{
+    /* FNV-1a, 64 bit, over "balancer\0member" */
+    apr_uint64_t hash = APR_UINT64_C(14695981039346656037);
+    const unsigned char *p;
+
+    for (p = (const unsigned char *)balancer_name; *p; p++) {
+        hash = (hash ^ *p) * APR_UINT64_C(1099511628211);
+    }
+    hash = hash * APR_UINT64_C(1099511628211);
+    for (p = (const unsigned char *)member_name; *p; p++) {
+        hash = (hash ^ *p) * APR_UINT64_C(1099511628211);
+    }
+    return hash ? hash : 1;
+}
+
+static aoai_member_slot *find_slot(aoai_throttle_table *t,
+                                   const char *balancer_name,
+                                   const char *member_name, int claim)
+{
+    apr_uint64_t key = member_key(balancer_name, member_name);
+    apr_uint32_t index = (apr_uint32_t)(key % t->slot_count);
+    apr_uint32_t probes;
+
+    for (probes = 0; probes < t->slot_count; probes++) {
+        aoai_member_slot *slot = &t->slots[index];
+        apr_uint64_t seen = apr_atomic_read64(&slot->key);
+
+        if (seen == key) {
+            return slot;
+        }
+        if (seen == 0) {
+            if (!claim) {
+                return NULL;
+            }
+            seen = apr_atomic_cas64(&slot->key, key, 0);
+            if (seen == 0) {
+                apr_snprintf(slot->name, sizeof(slot->name), "%s|%s",
+                              balancer_name, member_name);
+                return slot;
+            }
+            if (seen == key) {
+                return slot;
+            }
+        }
+        index = (index + 1) % t->slot_count;
+    }
+    return NULL;
+}
+
+static apr_size_t table_size(int slot_count)
+{
+    return APR_OFFSETOF(aoai_throttle_table, slots)
+           + (apr_size_t)slot_count * sizeof(aoai_member_slot);
+}
+
+static apr_status_t create_table(apr_pool_t *pool, int slot_count,
+                                 aoai_retained *retained, server_rec *s)
+{
+    apr_status_t rv;
+    apr_shm_t *shm;
+    aoai_throttle_table *fresh;
+
+    rv = apr_shm_create(&shm, table_size(slot_count), NULL, pool);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10901)
+                     "could not create the throttle table (%d slots) in "
+                     "anonymous shared memory", slot_count);
+        return rv;
+    }
+    fresh = apr_shm_baseaddr_get(shm);
+    memset(fresh, 0, table_size(slot_count));
+    fresh->magic = AOAI_TABLE_MAGIC;
+    fresh->slot_count = (apr_uint32_t)slot_count;
+
+    if (retained->table) {
+        /* Carry every window over: the admin resized the table, the
+         * members did not stop being throttled. */
+        apr_uint32_t i;
+        for (i = 0; i < retained->table->slot_count; i++) {
+            const aoai_member_slot *old = &retained->table->slots[i];
+            char name[AOAI_SLOT_NAME_SIZE];
+            char *bar;
+            aoai_member_slot *moved;
+
+            if (!old->key) {
+                continue;
+            }
+            apr_cpystrn(name, old->name, sizeof(name));
+            if (!(bar = strchr(name, '|'))) {
+                continue;
+            }
+            *bar = '\0';
+            moved = find_slot(fresh, name, bar + 1, 1);
+            if (moved) {
+                moved->throttle_until = old->throttle_until;
+            }
+        }
+        apr_shm_destroy(retained->shm);
+    }
+    retained->shm = shm;
+    retained->table = fresh;
+    return APR_SUCCESS;
+}
+
+static int count_free(const aoai_throttle_table *t)
+{
+    apr_uint32_t i;
+    int free_slots = 0;
+    for (i = 0; i < t->slot_count; i++) {
+        free_slots += (t->slots[i].key == 0);
+    }
+    return free_slots;
+}
+
+/* Called in the parent once per generation, after mod_proxy_balancer has
+ * set up its balancers.  Maps every member of every "aoai" balancer to its
+ * slot, so the request path does a pointer lookup and no hashing. */
+apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
+                                       int table_slots)
+{
+    aoai_retained *retained;
+    server_rec *vhost;
+    int members = 0;
+    apr_status_t rv;
+
+    retained = ap_retained_data_get(AOAI_RETAINED_KEY);
+    if (!retained) {
+        retained = ap_retained_data_create(AOAI_RETAINED_KEY,
+                                           sizeof(*retained));
+        memset(retained, 0, sizeof(*retained));
+    }
+
+    for (vhost = s; vhost; vhost = vhost->next) {
+        proxy_server_conf *pconf_proxy =
+            ap_get_module_config(vhost->module_config, &proxy_module);
+        proxy_balancer *balancer = (proxy_balancer *)pconf_proxy->balancers->elts;
+        int i;
+        for (i = 0; i < pconf_proxy->balancers->nelts; i++, balancer++) {
+            if (balancer->lbmethod == &aoai_lbmethod) {
+                members += balancer->workers->nelts + balancer->growth;
+            }
+        }
+    }
+
+    /* A resized table, or one whose free slots the new configuration
+     * could exhaust (members removed over many restarts keep theirs). */
+    if (!retained->table
+        || retained->table->slot_count != (apr_uint32_t)table_slots
+        || count_free(retained->table) < members) {
+        if (members > table_slots / 2) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, APLOGNO(10902)
+                         "AOAIThrottleTableSize %d is too small for the %d "
+                         "balancer members (and growth slots) using "
+                         "lbmethod=" AOAI_LBMETHOD_NAME "; set it to at "
+                         "least %d", table_slots, members, members * 2);
+            return APR_ENOSPC;
+        }
+        rv = create_table(s->process->pool, table_slots, retained, s);
+        if (rv != APR_SUCCESS) {
+            return rv;
+        }
+    }
+    table = retained->table;
+    slot_by_worker = apr_hash_make(pconf);
+
+    for (vhost = s; vhost; vhost = vhost->next) {
+        proxy_server_conf *pconf_proxy =
+            ap_get_module_config(vhost->module_config, &proxy_module);
+        proxy_balancer *balancer = (proxy_balancer *)pconf_proxy->balancers->elts;
+        int i, j;
+        for (i = 0; i < pconf_proxy->balancers->nelts; i++, balancer++) {
+            proxy_worker **workers;
+            if (balancer->lbmethod != &aoai_lbmethod) {
+                continue;
+            }
+            workers = (proxy_worker **)balancer->workers->elts;
+            for (j = 0; j < balancer->workers->nelts; j++) {
+                aoai_member_slot *slot = find_slot(table, balancer->s->name,
+                                                   workers[j]->s->name_ex, 1);
+                apr_hash_set(slot_by_worker, apr_pmemdup(pconf, &workers[j],
+                                                         sizeof(workers[j])),
+                             sizeof(workers[j]), slot);
+            }
+        }
+    }
+    return APR_SUCCESS;
+}
+
+aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
+                                     proxy_worker *worker)
+{
+    aoai_member_slot *slot;
+
+    if (!table) {
+        return NULL;
+    }
+    slot = apr_hash_get(slot_by_worker, &worker, sizeof(worker));
+    if (!slot) {
+        /* Added after start-up, through the BalancerManager. */
+        slot = find_slot(table, balancer->s->name, worker->s->name_ex, 1);
+    }
+    return slot;
+}
+
+apr_time_t aoai_throttle_until(const aoai_member_slot *slot)
+{
+    return slot ? (apr_time_t)apr_atomic_read64(
+                      (volatile apr_uint64_t *)&slot->throttle_until) : 0;
+}
+
+/* Returns 1 when this call moved the window's end. */
+int aoai_throttle_raise(aoai_member_slot *slot, apr_time_t until)
+{
+    apr_uint64_t seen;
+
+    if (!slot) {
+        return 0;
+    }
+    seen = apr_atomic_read64(&slot->throttle_until);
+    while (seen < (apr_uint64_t)until) {
+        apr_uint64_t before = apr_atomic_cas64(&slot->throttle_until,
+                                               (apr_uint64_t)until, seen);
+        if (before == seen) {
+            return 1;
+        }
+        seen = before;
+    }
+    return 0;
+}
+
+/* A member that keeps sending an unusable header is logged once, not once
+ * per request; a usable header re-arms the log.  Returns 1 when the caller
+ * is the one that should log. */
+int aoai_throttle_note_garbage(aoai_member_slot *slot, int garbage)
+{
+    if (!slot) {
+        return garbage;
+    }
+    if (!garbage) {
+        if (apr_atomic_read32(&slot->garbage_logged)) {
+            apr_atomic_set32(&slot->garbage_logged, 0);
+        }
+        return 0;
+    }
+    return apr_atomic_cas32(&slot->garbage_logged, 1, 0) == 0;
+}
+
+int aoai_member_is_throttled(proxy_balancer *balancer, proxy_worker *worker,
+                             apr_time_t now)
+{
+    return now < aoai_throttle_until(aoai_throttle_slot(balancer, worker));
+}
+
+/* When the first parked member comes back, or 0 when none is parked. */
+apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now)
+{
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    apr_time_t soonest = 0;
+    int i;
+
+    for (i = 0; i < balancer->workers->nelts; i++) {
+        apr_time_t until;
+        if (workers[i]->s->status
+            & (PROXY_WORKER_DISABLED | PROXY_WORKER_STOPPED)) {
+            continue;
+        }
+        until = aoai_throttle_until(aoai_throttle_slot(balancer, workers[i]));
+        if (until > now && (!soonest || until < soonest)) {
+            soonest = until;
+        }
+    }
+    return soonest;
+}

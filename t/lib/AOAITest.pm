@@ -1,0 +1,373 @@
+package AOAITest;
+
+# Real httpd instances for the tests: a gateway with mod_aoai_balancer and
+# a mock Azure OpenAI farm (t/mock/mod_aoai_mock.c), each started from its
+# own generated configuration in a throwaway ServerRoot, on 127.0.0.1, and
+# stopped by the PID it wrote.  Nothing of httpd or mod_proxy is mocked.
+#
+# Why not Apache::Test: it runs one server per suite and refuses to run as
+# root, while these tests need several servers at once (a gateway, a mock
+# farm, sometimes a second gateway), different MPMs, graceful restarts and
+# configurations that must fail `apache2 -t`; and CI runs as root.
+
+use strict;
+use warnings;
+use Exporter 'import';
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(time sleep);
+
+our @EXPORT = qw(start_mock start_gateway configtest chat_body chat
+                 post_json get_json free_port wait_until $TOP);
+
+our $TOP = abs_path(dirname(__FILE__) . '/../..');
+my $APACHE = $ENV{APACHE2} || '/usr/sbin/apache2';
+my $MODULES = '/usr/lib/apache2/modules';
+my $JSON = JSON::PP->new->canonical;
+
+sub module_path {
+    return $ENV{AOAI_SANITIZE}
+        ? "$TOP/build/sanitize/.libs/mod_aoai_balancer.so"
+        : "$TOP/.libs/mod_aoai_balancer.so";
+}
+
+my %taken;
+sub free_port {
+    for (1 .. 200) {
+        my $port = 20000 + int(rand(30000));
+        next if $taken{$port};
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                      LocalPort => $port, Listen => 1,
+                                      ReuseAddr => 1) or next;
+        close $s;
+        $taken{$port} = 1;
+        return $port;
+    }
+    die "no free port on 127.0.0.1";
+}
+
+sub wait_until {
+    my ($what, $timeout, $cond) = @_;
+    my $deadline = time + $timeout;
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    die "timed out after ${timeout}s waiting for $what\n";
+}
+
+sub load_modules {
+    my (@names) = @_;
+    return join '', map { "LoadModule ${_}_module $MODULES/mod_$_.so\n" } @names;
+}
+
+sub mpm_block {
+    my ($mpm) = @_;
+    if ($mpm eq 'prefork') {
+        return load_modules('mpm_prefork') . <<'EOF';
+StartServers 4
+MinSpareServers 4
+MaxSpareServers 8
+ServerLimit 16
+MaxRequestWorkers 16
+EOF
+    }
+    if ($mpm eq 'single') {    # one process, so the mock's state is one
+        return load_modules('mpm_event') . <<'EOF';
+StartServers 1
+ServerLimit 1
+MinSpareThreads 1
+MaxSpareThreads 128
+ThreadsPerChild 128
+ThreadLimit 128
+MaxRequestWorkers 128
+EOF
+    }
+    return load_modules('mpm_event') . <<'EOF';
+StartServers 2
+ServerLimit 4
+MinSpareThreads 8
+MaxSpareThreads 64
+ThreadsPerChild 16
+MaxRequestWorkers 64
+EOF
+}
+
+sub base_conf {
+    my ($dir, %o) = @_;
+    my $user = $> == 0 ? "User nobody\nGroup nogroup\n" : '';
+    my $listen = join '', map { "Listen 127.0.0.1:$_\n" } @{ $o{ports} };
+    return <<"EOF" . mpm_block($o{mpm} || 'event') . $o{modules} . <<"EOF2";
+ServerRoot "$dir"
+ServerName 127.0.0.1
+PidFile "$dir/httpd.pid"
+DefaultRuntimeDir "$dir"
+Mutex file:$dir default
+ErrorLog "$dir/error_log"
+LogLevel $o{loglevel}
+${user}${listen}KeepAlive On
+Timeout 30
+EOF
+LogFormat "%h %t \\"%r\\" %>s pid=%P backend=%{AOAI_BACKEND}e attempts=%{AOAI_ATTEMPTS}e skipped=%{AOAI_THROTTLED_SKIPPED}e" aoai
+CustomLog "$dir/access_log" aoai
+EOF2
+}
+
+# ---------------------------------------------------------------------
+package AOAITest::Server;
+
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use Time::HiRes qw(time sleep);
+
+sub start {
+    my ($class, %o) = @_;
+    my $dir = tempdir("aoai-$o{name}-XXXXXX", TMPDIR => 1,
+                      CLEANUP => !$ENV{AOAI_KEEP});
+    chmod 0755, $dir;
+    my $self = bless { %o, dir => $dir, conf_file => "$dir/httpd.conf" },
+                     $class;
+    $self->write_conf($o{conf});
+    $self->run_ctl('start') or die "httpd $o{name} did not start:\n"
+                                   . $self->error_log;
+    AOAITest::wait_until("$o{name} to listen", 15, sub {
+        -s "$dir/httpd.pid" && IO::Socket::INET->new(
+            PeerAddr => '127.0.0.1', PeerPort => $o{ports}[0], Timeout => 1)
+    });
+    open my $fh, '<', "$dir/httpd.pid" or die;
+    chomp($self->{pid} = <$fh>);
+    return $self;
+}
+
+sub write_conf {
+    my ($self, $body) = @_;
+    open my $fh, '>', $self->{conf_file} or die "$self->{conf_file}: $!";
+    print $fh AOAITest::base_conf($self->{dir}, %$self), $body;
+    close $fh;
+}
+
+sub env {
+    my ($self) = @_;
+    my %env = (%ENV);
+    if ($ENV{AOAI_SANITIZE} && $self->{sanitize}) {
+        chomp(my $asan = `gcc -print-file-name=libasan.so`);
+        $env{LD_PRELOAD} = $asan;
+        $env{ASAN_OPTIONS} = "log_path=$self->{dir}/sanitizer:detect_leaks=0"
+            . ":abort_on_error=0:halt_on_error=1";
+        $env{UBSAN_OPTIONS} = "log_path=$self->{dir}/sanitizer"
+            . ":print_stacktrace=1:halt_on_error=1";
+    }
+    return %env;
+}
+
+sub run_ctl {
+    my ($self, $signal) = @_;
+    local %ENV = $self->env;
+    my $out = `$APACHE -d $self->{dir} -f $self->{conf_file} -k $signal 2>&1`;
+    $self->{last_ctl_output} = $out;
+    return $? == 0;
+}
+
+sub port { $_[0]{ports}[0] }
+sub url  { "http://127.0.0.1:" . $_[0]->port }
+sub dir  { $_[0]{dir} }
+
+sub error_log {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{dir}/error_log" or return '';
+    local $/;
+    return <$fh>;
+}
+
+sub access_log_lines {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{dir}/access_log" or return ();
+    return <$fh>;
+}
+
+sub sanitizer_reports {
+    my ($self) = @_;
+    my @reports;
+    for my $file (glob "$self->{dir}/sanitizer*") {
+        open my $fh, '<', $file or next;
+        local $/;
+        push @reports, "$file:\n" . <$fh>;
+    }
+    return @reports;
+}
+
+# Graceful restart; returns once the new generation serves.
+sub graceful {
+    my ($self) = @_;
+    my $before = () = $self->error_log =~ /resuming normal operations/g;
+    $self->run_ctl('graceful') or die "graceful failed: $self->{last_ctl_output}";
+    AOAITest::wait_until('graceful restart', 20, sub {
+        my $after = () = $self->error_log =~ /resuming normal operations/g;
+        $after > $before;
+    });
+}
+
+sub stop {
+    my ($self) = @_;
+    return unless $self->{pid};
+    my $pid = delete $self->{pid};
+    kill 'TERM', $pid;
+    my $deadline = time + 15;
+    while (time < $deadline && kill(0, $pid)) {
+        sleep 0.05;
+    }
+    kill 'KILL', $pid if kill 0, $pid;
+    if ($ENV{AOAI_SANITIZE} && $self->{sanitize}) {
+        my @reports = $self->sanitizer_reports;
+        Test::More::ok(!@reports, "$self->{name}: no sanitizer report")
+            or Test::More::diag(@reports);
+    }
+}
+
+sub DESTROY { $_[0]->stop }
+
+# ---------------------------------------------------------------------
+package AOAITest::Mock;
+
+our @ISA = ('AOAITest::Server');
+
+sub member_url { "http://127.0.0.1:" . $_[0]{member_port}{$_[1]} }
+
+sub stats {
+    my ($self, $member) = @_;
+    return AOAITest::get_json($self->member_url($member) . '/mock/stats');
+}
+
+sub control {
+    my ($self, $member, $settings) = @_;
+    my $res = AOAITest::post_json($self->member_url($member) . '/mock/control',
+                                  $settings);
+    die "control $member: $res->{status}" unless $res->{status} == 200;
+}
+
+sub reset {
+    my ($self, @members) = @_;
+    @members = keys %{ $self->{member_port} } unless @members;
+    for my $member (@members) {
+        AOAITest::post_json($self->member_url($member) . '/mock/reset', {});
+    }
+}
+
+# ---------------------------------------------------------------------
+package AOAITest;
+
+# start_mock(members => [ { name => 'farm0', quota => '20 10000',
+#                           api_key => 'k', stream => '5 20' }, ... ])
+sub start_mock {
+    my (%o) = @_;
+    my (%member_port, @ports, $vhosts);
+    for my $member (@{ $o{members} }) {
+        my $port = free_port();
+        push @ports, $port;
+        $member_port{ $member->{name} } = $port;
+        $vhosts .= "<VirtualHost 127.0.0.1:$port>\n"
+                 . "    SetHandler aoai-mock\n"
+                 . "    AOAIMockMember $member->{name}\n"
+                 . ($member->{api_key} ? "    AOAIMockApiKey $member->{api_key}\n" : '')
+                 . ($member->{quota} ? "    AOAIMockQuota $member->{quota}\n" : '')
+                 . ($member->{stream} ? "    AOAIMockStream $member->{stream}\n" : '')
+                 . "</VirtualHost>\n";
+    }
+    my $modules = load_modules('authz_core')
+        . "LoadModule aoai_mock_module $TOP/t/mock/.libs/mod_aoai_mock.so\n";
+    my $mock = AOAITest::Mock->start(
+        name => $o{name} || 'mock', ports => \@ports, mpm => 'single',
+        modules => $modules, loglevel => 'warn', conf => $vhosts,
+        sanitize => 0);
+    $mock->{member_port} = \%member_port;
+    return $mock;
+}
+
+# start_gateway(conf => "<Proxy balancer://aoai>...", mpm => 'prefork')
+sub start_gateway {
+    my (%o) = @_;
+    my $port = $o{port} || free_port();
+    my $modules = load_modules(qw(authz_core authz_host proxy proxy_http
+                                  proxy_balancer slotmem_shm
+                                  lbmethod_byrequests headers status))
+        . ($o{extra_modules} || '')
+        . "LoadModule aoai_balancer_module " . module_path() . "\n";
+    return AOAITest::Server->start(
+        name => $o{name} || 'gateway', ports => [$port],
+        mpm => $o{mpm} || 'event', modules => $modules,
+        loglevel => $o{loglevel} || 'info', conf => $o{conf}, sanitize => 1);
+}
+
+# Runs `apache2 -t` over a gateway configuration; returns (ok, output).
+sub configtest {
+    my ($conf) = @_;
+    my $dir = tempdir("aoai-configtest-XXXXXX", TMPDIR => 1, CLEANUP => 1);
+    my $modules = load_modules(qw(authz_core proxy proxy_http proxy_balancer
+                                  slotmem_shm lbmethod_byrequests))
+        . "LoadModule aoai_balancer_module " . module_path() . "\n";
+    open my $fh, '>', "$dir/httpd.conf" or die;
+    print $fh base_conf($dir, ports => [free_port()], modules => $modules,
+                        loglevel => 'warn'), $conf;
+    close $fh;
+    my %env = %ENV;
+    if ($ENV{AOAI_SANITIZE}) {
+        chomp(my $asan = `gcc -print-file-name=libasan.so`);
+        $env{LD_PRELOAD} = $asan;
+        $env{ASAN_OPTIONS} = 'detect_leaks=0';
+    }
+    local %ENV = %env;
+    my $out = `$APACHE -d $dir -f $dir/httpd.conf -t 2>&1`;
+    return ($? == 0, $out);
+}
+
+sub chat_body {
+    my (%o) = @_;
+    my $body = {
+        messages => [
+            { role => 'system', content => 'You are a helpful assistant.' },
+            { role => 'user', content => $o{content}
+                  || 'Hello! Please tell me the history of United States.' },
+        ],
+        ($o{stream} ? (stream => JSON::PP::true) : ()),
+        ($o{max_tokens} ? (max_tokens => $o{max_tokens}) : ()),
+    };
+    return $JSON->encode($body);
+}
+
+# chat($gateway, content => ..., stream => 1, headers => {...}, body => raw)
+sub chat {
+    my ($server, %o) = @_;
+    my $path = $o{path}
+        || '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01';
+    my $http = HTTP::Tiny->new(timeout => $o{timeout} || 30, keep_alive => 0);
+    my $res = $http->request('POST', $server->url . $path, {
+        headers => { 'content-type' => 'application/json',
+                     %{ $o{headers} || {} } },
+        content => defined $o{body} ? $o{body} : chat_body(%o),
+    });
+    $res->{json} = eval { $JSON->decode($res->{content}) };
+    return $res;
+}
+
+sub post_json {
+    my ($url, $data) = @_;
+    my $res = HTTP::Tiny->new(timeout => 10, keep_alive => 0)->request(
+        'POST', $url, { headers => { 'content-type' => 'application/json' },
+                        content => $JSON->encode($data) });
+    $res->{json} = eval { $JSON->decode($res->{content}) };
+    return $res;
+}
+
+sub get_json {
+    my ($url) = @_;
+    my $res = HTTP::Tiny->new(timeout => 10, keep_alive => 0)->get($url);
+    die "GET $url: $res->{status} $res->{content}" unless $res->{success};
+    return $JSON->decode($res->{content});
+}
+
+1;
