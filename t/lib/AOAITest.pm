@@ -21,10 +21,15 @@ use IO::Socket::INET;
 use JSON::PP;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
+use Digest::SHA qw(sha256_hex);
 
 our @EXPORT = qw(start_mock start_gateway configtest chat_body chat
-                 post_json get_json free_port wait_until $TOP);
+                 post_json get_json free_port wait_until raw_connect
+                 raw_request access_log_records sha256_hex $TOP
+                 $CHAT_PATH);
 
+our $CHAT_PATH =
+    '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01';
 our $TOP = abs_path(dirname(__FILE__) . '/../..');
 my $APACHE = $ENV{APACHE2} || '/usr/sbin/apache2';
 my $MODULES = '/usr/lib/apache2/modules';
@@ -133,8 +138,8 @@ sub start {
     my $self = bless { %o, dir => $dir, conf_file => "$dir/httpd.conf" },
                      $class;
     $self->write_conf($o{conf});
-    $self->run_ctl('start') or die "httpd $o{name} did not start:\n"
-                                   . $self->error_log;
+    $self->run_ctl("start") or die "httpd $o{name} did not start:\n"
+        . $self->{last_ctl_output} . $self->error_log;
     AOAITest::wait_until("$o{name} to listen", 15, sub {
         -s "$dir/httpd.pid" && IO::Socket::INET->new(
             PeerAddr => '127.0.0.1', PeerPort => $o{ports}[0], Timeout => 1)
@@ -342,8 +347,7 @@ sub chat_body {
 # chat($gateway, content => ..., stream => 1, headers => {...}, body => raw)
 sub chat {
     my ($server, %o) = @_;
-    my $path = $o{path}
-        || '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01';
+    my $path = $o{path} || $CHAT_PATH;
     my $http = HTTP::Tiny->new(timeout => $o{timeout} || 30, keep_alive => 0);
     my $res = $http->request('POST', $server->url . $path, {
         headers => { 'content-type' => 'application/json',
@@ -352,6 +356,91 @@ sub chat {
     });
     $res->{json} = eval { $JSON->decode($res->{content}) };
     return $res;
+}
+
+# A client connection we hold open, to pin requests to one httpd child.
+sub raw_connect {
+    my ($server) = @_;
+    my $sock = IO::Socket::INET->new(PeerAddr => "127.0.0.1",
+                                     PeerPort => $server->port, Timeout => 30)
+        or die "connect: $!";
+    return $sock;
+}
+
+# One HTTP/1.1 request on an open socket; returns
+# { status, headers => {lc name => value}, content }.  With chunked => 1
+# the body is sent with Transfer-Encoding: chunked in 7000-byte chunks.
+sub raw_request {
+    my ($sock, %o) = @_;
+    my $body = defined $o{body} ? $o{body} : chat_body(%o);
+    my $head = "POST " . ($o{path} || $CHAT_PATH) . " HTTP/1.1\r\n"
+             . "Host: 127.0.0.1\r\nContent-Type: application/json\r\n";
+    $head .= "$_: $o{headers}{$_}\r\n" for keys %{ $o{headers} || {} };
+    if ($o{chunked}) {
+        $head .= "Transfer-Encoding: chunked\r\n\r\n";
+        print $sock $head;
+        for (my $i = 0; $i < length $body; $i += 7000) {
+            my $piece = substr($body, $i, 7000);
+            printf $sock "%x\r\n%s\r\n", length $piece, $piece;
+        }
+        print $sock "0\r\n\r\n";
+    }
+    else {
+        print $sock $head . "Content-Length: " . length($body) . "\r\n\r\n"
+                  . $body;
+    }
+    return read_response($sock);
+}
+
+sub read_response {
+    my ($sock) = @_;
+    local $/ = "\r\n";
+    my $status_line = <$sock>;
+    return { status => 599, content => 'connection closed' }
+        unless defined $status_line;
+    my ($status) = $status_line =~ m{^HTTP/1\.\d (\d+)};
+    my %headers;
+    while (my $line = <$sock>) {
+        last if $line eq "\r\n";
+        $line =~ s/\r\n$//;
+        my ($name, $value) = split /:\s*/, $line, 2;
+        $headers{ lc $name } = $value;
+    }
+    my $content = '';
+    if (defined $headers{'content-length'}) {
+        my $left = $headers{'content-length'};
+        while ($left > 0) {
+            my $n = read($sock, my $buf, $left) or last;
+            $content .= $buf;
+            $left -= $n;
+        }
+    }
+    elsif (($headers{'transfer-encoding'} || '') =~ /chunked/i) {
+        while (defined(my $size_line = <$sock>)) {
+            my $size = hex $size_line;
+            last unless $size;
+            read($sock, my $buf, $size);
+            $content .= $buf;
+            scalar <$sock>;
+        }
+        scalar <$sock>;
+    }
+    my $json = eval { $JSON->decode($content) };
+    return { status => $status, headers => \%headers, content => $content,
+             json => $json };
+}
+
+# The gateway's access log as records: { status, pid, backend, attempts,
+# skipped } per line, in order.
+sub access_log_records {
+    my ($server) = @_;
+    my @records;
+    for my $line ($server->access_log_lines) {
+        next unless $line =~ /" (\d+) pid=(\d+) backend=(\S+) attempts=(\S+) skipped=(\S+)/;
+        push @records, { status => $1, pid => $2, backend => $3,
+                         attempts => $4, skipped => $5 };
+    }
+    return @records;
 }
 
 sub post_json {
