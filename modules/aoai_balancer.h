@@ -117,8 +117,8 @@ apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now);
 /* aoai_lbmethod.c */
 extern const proxy_balancer_method aoai_lbmethod;
 int aoai_lbmethod_post_config(server_rec *s);
-int aoai_member_is_candidate(proxy_worker *worker,
-                             const aoai_request_state *state);
+int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
+                             apr_time_t now);
 
 /* aoai_failover.c */
 void aoai_failover_register_hooks(apr_pool_t *p);

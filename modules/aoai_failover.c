@@ -410,17 +410,17 @@ static void post_request_as(request_rec *r, proxy_worker *worker,
     }
 }
 
-static int any_candidate(proxy_balancer *balancer,
-                         const aoai_request_state *state)
+static int any_candidate(proxy_balancer *balancer, aoai_request_state *state)
 {
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
-    int i;
+    apr_time_t now = apr_time_now();
+    int i, found = 0;
+
+    /* No early exit: every throttled member is noted as skipped. */
     for (i = 0; i < balancer->workers->nelts; i++) {
-        if (aoai_member_is_candidate(workers[i], state)) {
-            return 1;
-        }
+        found |= aoai_member_is_candidate(workers[i], state, now);
     }
-    return 0;
+    return found;
 }
 
 typedef enum {

@@ -47,6 +47,20 @@ static int already_in(const apr_array_header_t *workers, proxy_worker *worker)
     return 0;
 }
 
+/* Whether the member sits inside a throttle window; if so the request
+ * remembers it skipped it, for the access log. */
+static int throttled(proxy_balancer *balancer, proxy_worker *worker,
+                     aoai_request_state *state, apr_time_t now)
+{
+    if (!aoai_member_is_throttled(balancer, worker, now)) {
+        return 0;
+    }
+    if (state && !already_in(state->skipped_throttled, worker)) {
+        APR_ARRAY_PUSH(state->skipped_throttled, proxy_worker *) = worker;
+    }
+    return 1;
+}
+
 static int is_best_aoai(proxy_worker *current, proxy_worker *prev_best,
                         void *baton)
 {
@@ -55,12 +69,7 @@ static int is_best_aoai(proxy_worker *current, proxy_worker *prev_best,
     if (pick->state && already_in(pick->state->tried, current)) {
         return 0;
     }
-    if (aoai_member_is_throttled(pick->balancer, current, pick->now)) {
-        if (pick->state && !already_in(pick->state->skipped_throttled,
-                                       current)) {
-            APR_ARRAY_PUSH(pick->state->skipped_throttled, proxy_worker *) =
-                current;
-        }
+    if (throttled(pick->balancer, current, pick->state, pick->now)) {
         return 0;
     }
 
@@ -92,8 +101,8 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
  * the module's 429 rather than mod_proxy_balancer's "All workers are in
  * error state" in the error log on every request.  Members in error are
  * left to the stock walk, which knows when their retry time is up. */
-int aoai_member_is_candidate(proxy_worker *worker,
-                             const aoai_request_state *state)
+int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
+                             apr_time_t now)
 {
     if (worker->s->status & (PROXY_WORKER_DISABLED | PROXY_WORKER_STOPPED
                              | PROXY_WORKER_IN_SHUTDOWN)) {
@@ -105,7 +114,7 @@ int aoai_member_is_candidate(proxy_worker *worker,
     if (already_in(state->tried, worker)) {
         return 0;
     }
-    return !aoai_member_is_throttled(state->balancer, worker, apr_time_now());
+    return !throttled(state->balancer, worker, state, now);
 }
 
 static apr_status_t reset(proxy_balancer *balancer, server_rec *s)
