@@ -1,0 +1,49 @@
+# A wrong directive fails `apache2 -t`, naming the directive and why.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use AOAITest;
+
+my $proxy = sub {
+    my ($inside) = @_;
+    return "<Proxy balancer://aoai>\n"
+         . "    BalancerMember http://127.0.0.1:9 lbset=0\n"
+         . "    ProxySet lbmethod=aoai\n$inside\n</Proxy>\n";
+};
+
+my ($ok, $out) = configtest($proxy->("    AOAIThrottleDefault 5\n    AOAIThrottleMax 30\n"
+                                     . "    AOAIFailoverOn 401 429 503 connection-error\n"
+                                     . "    AOAIMaxBody 16M\n    AOAIBackendHeader x-served-by")
+                            . "AOAIThrottleTableSize 1024\n");
+ok($ok, 'a correct configuration passes apache2 -t') or diag $out;
+
+my @bad = (
+    [ 'AOAIThrottleDefault soon', qr/AOAIThrottleDefault: 'soon' is not a positive duration/ ],
+    [ 'AOAIThrottleDefault 0', qr/AOAIThrottleDefault: '0' is not a positive duration/ ],
+    [ "AOAIThrottleDefault 30\n    AOAIThrottleMax 10",
+      qr/AOAIThrottleMax 10 is shorter than AOAIThrottleDefault/ ],
+    [ "AOAIThrottleMax 10\n    AOAIThrottleDefault 30",
+      qr/AOAIThrottleDefault 30 is longer than AOAIThrottleMax/ ],
+    [ 'AOAIFailoverOn 429 200', qr/AOAIFailoverOn: status 200 is outside 400-599/ ],
+    [ 'AOAIFailoverOn 429 sometimes', qr/AOAIFailoverOn: 'sometimes' is neither an HTTP status/ ],
+    [ 'AOAIMaxBody 0', qr/AOAIMaxBody: 0 is out of range/ ],
+    [ 'AOAIMaxBody 12Q', qr/AOAIMaxBody: '12Q' is not a size/ ],
+    [ 'AOAIMaxBody 4G', qr/AOAIMaxBody: 4G is out of range/ ],
+    [ 'AOAIBackendHeader x-bad:header', qr/AOAIBackendHeader: 'x-bad:header' is not a valid header name/ ],
+    [ 'AOAIThrottleTableSize 1024', qr/AOAIThrottleTableSize .*not allowed/ ],
+);
+for my $case (@bad) {
+    my ($directive, $expect) = @$case;
+    my ($passed, $output) = configtest($proxy->("    $directive"));
+    (my $name = $directive) =~ s/\n\s*/; /g;
+    ok(!$passed, "apache2 -t fails for: $name");
+    like($output, $expect, "  and says why") or diag $output;
+}
+
+($ok, $out) = configtest("AOAIThrottleTableSize 3\n" . $proxy->(''));
+ok(!$ok, 'apache2 -t fails for a table of 3 slots');
+like($out, qr/AOAIThrottleTableSize: '3' is not a number of slots from 16 to 65536/, '  and says why');
+
+done_testing();
