@@ -29,7 +29,6 @@ sanitize: build/sanitize/.libs/mod_aoai_balancer.so
 
 build/sanitize/.libs/mod_aoai_balancer.so: $(SOURCES) $(HEADERS) apxs.mk
 	mkdir -p build/sanitize/modules
-	cp $(SOURCES:modules/%=) build/sanitize/ 2>/dev/null || true
 	cp mod_aoai_balancer.c build/sanitize/
 	cp modules/*.c modules/*.h build/sanitize/modules/
 	cd build/sanitize && $(APXS) -c $(foreach f,$(WARNINGS) $(SAN_FLAGS),-Wc,$(f)) \

@@ -46,4 +46,15 @@ for my $case (@bad) {
 ok(!$ok, 'apache2 -t fails for a table of 3 slots');
 like($out, qr/AOAIThrottleTableSize: '3' is not a number of slots from 16 to 65536/, '  and says why');
 
+# The shipped example must stay valid.
+{
+    open my $fh, '<', "$TOP/conf/seed-two-farms.conf" or die $!;
+    local $/;
+    my $conf = <$fh>;
+    my $module = AOAITest::module_path();
+    $conf =~ s{^LoadModule aoai_balancer_module .*$}{LoadModule aoai_balancer_module $module}m;
+    ($ok, $out) = configtest("Define APACHE_LOG_DIR /tmp\n$conf");
+    ok($ok, 'conf/seed-two-farms.conf passes apache2 -t') or diag $out;
+}
+
 done_testing();

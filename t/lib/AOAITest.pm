@@ -228,6 +228,7 @@ sub stop {
     }
     kill 'KILL', $pid if kill 0, $pid;
     if ($ENV{AOAI_SANITIZE} && $self->{sanitize}) {
+        require Test::More;
         my @reports = $self->sanitizer_reports;
         Test::More::ok(!@reports, "$self->{name}: no sanitizer report")
             or Test::More::diag(@reports);
