@@ -80,6 +80,23 @@ for my $status (429, 500, 502, 503, 504) {
     is(last_hash('secondary'), sha256_hex($body), 'chunked 1 MB body arrives intact at the next member');
 }
 
+# Expect: 100-continue: the gateway asks for the body once, before any
+# member is called, and replays it.
+{
+    $mock->control('primary', { force_status => 503, force_count => 1 });
+    my $body = random_body(50_000);
+    my $sock = raw_connect($gw);
+    print $sock "POST $CHAT_PATH HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              . "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+              . "Content-Length: " . length($body) . "\r\n\r\n";
+    my $interim = do { local $/ = "\r\n"; my $line = <$sock>; scalar <$sock>; $line };
+    like($interim, qr{^HTTP/1\.1 100}, 'Expect: 100-continue: the client is asked for its body');
+    print $sock $body;
+    my $res = AOAITest::read_response($sock);
+    is($res->{status}, 200, '100-continue body: 200 after failover');
+    is(last_hash('secondary'), sha256_hex($body), '100-continue body arrives intact at the next member');
+}
+
 # Failures without an answer.
 {
     $mock->control('primary', { fault => 'reset', fault_count => 1 });
