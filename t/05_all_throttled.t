@@ -45,7 +45,7 @@ $res = chat($gw);
 is($res->{status}, 429, 'a second call inside the windows: 429 again');
 is($mock->stats('a')->{requests} + $mock->stats('b')->{requests}, 2,
    'without asking either throttled member again');
-my @log = access_log_records($gw);
+my @log = access_log_records($gw, 2);
 is($log[-1]{attempts}, 0, 'the access log shows no attempt');
 is($log[-1]{skipped}, 2, 'and two members skipped for throttling');
 unlike($gw->error_log, qr/AH01170/,

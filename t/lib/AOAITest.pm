@@ -432,15 +432,21 @@ sub read_response {
 }
 
 # The gateway's access log as records: { status, pid, backend, attempts,
-# skipped } per line, in order.
+# skipped } per line, in order.  httpd writes a line after the response has
+# gone out, so the caller says how many it expects and this waits for them.
 sub access_log_records {
-    my ($server) = @_;
+    my ($server, $expected) = @_;
     my @records;
-    for my $line ($server->access_log_lines) {
-        next unless $line =~ /" (\d+) pid=(\d+) backend=(\S+) attempts=(\S+) skipped=(\S+)/;
-        push @records, { status => $1, pid => $2, backend => $3,
-                         attempts => $4, skipped => $5 };
-    }
+    my $read = sub {
+        @records = ();
+        for my $line ($server->access_log_lines) {
+            next unless $line =~ /" (\d+) pid=(\d+) backend=(\S+) attempts=(\S+) skipped=(\S+)/;
+            push @records, { status => $1, pid => $2, backend => $3,
+                             attempts => $4, skipped => $5 };
+        }
+        return @records >= $expected;
+    };
+    eval { wait_until("$expected access log lines", 10, $read) };
     return @records;
 }
 
