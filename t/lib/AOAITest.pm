@@ -160,7 +160,7 @@ sub env {
     my ($self) = @_;
     my %env = (%ENV);
     if ($ENV{AOAI_SANITIZE} && $self->{sanitize}) {
-        chomp(my $asan = `gcc -print-file-name=libasan.so`);
+        (my $asan = `gcc -print-file-name=libasan.so`) =~ s/\s+\z//;
         $env{LD_PRELOAD} = $asan;
         $env{ASAN_OPTIONS} = "log_path=$self->{dir}/sanitizer:detect_leaks=0"
             . ":abort_on_error=0:halt_on_error=1";
@@ -322,7 +322,7 @@ sub configtest {
     close $fh;
     my %env = %ENV;
     if ($ENV{AOAI_SANITIZE}) {
-        chomp(my $asan = `gcc -print-file-name=libasan.so`);
+        (my $asan = `gcc -print-file-name=libasan.so`) =~ s/\s+\z//;
         $env{LD_PRELOAD} = $asan;
         $env{ASAN_OPTIONS} = 'detect_leaks=0';
     }
