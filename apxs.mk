@@ -4,7 +4,9 @@
 #   make -f apxs.mk sanitize     ASan+UBSan build: build/sanitize/.libs/mod_aoai_balancer.so
 #   make -f apxs.mk mock         the mock Azure OpenAI member used by t/ and the demo
 #   make -f apxs.mk test         build all three, then run t/ with prove
-#   make -f apxs.mk install      into the system httpd (DESTDIR respected)
+#   make -f apxs.mk install      into the system httpd (DESTDIR respected);
+#                                on Debian also mods-available/aoai_balancer.{load,conf}
+#   make -f apxs.mk uninstall    removes exactly what install added
 
 APXS     ?= apxs
 WARNINGS  = -Wall -Wextra -Werror
@@ -14,9 +16,14 @@ HEADERS   = modules/aoai_balancer.h
 MOCK_SRC  = t/mock/mod_aoai_mock.c
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g -O1
 
+LIBEXECDIR := $(shell $(APXS) -q LIBEXECDIR)
+SYSCONFDIR := $(shell $(APXS) -q SYSCONFDIR)
+# Debian's layout: a2enmod reads mods-available/
+MODS_AVAILABLE = $(if $(wildcard $(SYSCONFDIR)/mods-available),$(SYSCONFDIR)/mods-available)
+
 APXS_C    = $(APXS) -c $(foreach f,$(WARNINGS),-Wc,$(f)) -I. -Imodules
 
-.PHONY: all sanitize mock test test-sanitize install clean
+.PHONY: all sanitize mock test test-sanitize install uninstall clean
 
 all: .libs/mod_aoai_balancer.so
 
@@ -48,7 +55,25 @@ test-sanitize: sanitize mock
 	AOAI_SANITIZE=1 prove -v t/
 
 install: all
-	$(APXS) -i -S LIBEXECDIR="$(DESTDIR)$$($(APXS) -q LIBEXECDIR)" -n aoai_balancer mod_aoai_balancer.la
+	mkdir -p "$(DESTDIR)$(LIBEXECDIR)"
+	$(APXS) -i -S LIBEXECDIR="$(DESTDIR)$(LIBEXECDIR)" -n aoai_balancer mod_aoai_balancer.la
+ifneq ($(MODS_AVAILABLE),)
+	install -d "$(DESTDIR)$(MODS_AVAILABLE)"
+	install -m 644 conf/aoai_balancer.load "$(DESTDIR)$(MODS_AVAILABLE)/aoai_balancer.load"
+	sed 's#/usr/lib/apache2/modules#$(LIBEXECDIR)#' conf/aoai_balancer.conf \
+	    > "$(DESTDIR)$(MODS_AVAILABLE)/aoai_balancer.conf"
+	chmod 644 "$(DESTDIR)$(MODS_AVAILABLE)/aoai_balancer.conf"
+	@echo "installed; enable with: a2enmod aoai_balancer && apachectl configtest && apachectl graceful"
+endif
+
+uninstall:
+ifneq ($(MODS_AVAILABLE),)
+	@if [ -e "$(DESTDIR)$(SYSCONFDIR)/mods-enabled/aoai_balancer.load" ]; then \
+	    echo "aoai_balancer is enabled: run a2dismod aoai_balancer first" >&2; exit 1; fi
+	rm -f "$(DESTDIR)$(MODS_AVAILABLE)/aoai_balancer.load" \
+	      "$(DESTDIR)$(MODS_AVAILABLE)/aoai_balancer.conf"
+endif
+	rm -f "$(DESTDIR)$(LIBEXECDIR)/mod_aoai_balancer.so"
 
 clean:
 	rm -rf .libs modules/.libs t/mock/.libs build *.la *.lo *.slo *.o \

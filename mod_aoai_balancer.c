@@ -282,6 +282,50 @@ static const command_rec aoai_cmds[] =
 /* ------------------------------------------------------------------ */
 /* Hooks                                                                */
 
+/* Runs under `apachectl -t` too: a balancer that asks for lbmethod=aoai
+ * without the modules that make a balancer work is a configuration error,
+ * not a runtime surprise. */
+static int aoai_check_config(apr_pool_t *pconf, apr_pool_t *plog,
+                             apr_pool_t *ptemp, server_rec *s)
+{
+    static const struct {
+        const char *source;
+        const char *load;
+    } needed[] = {
+        { "mod_proxy_balancer.c", "proxy_balancer_module (a2enmod proxy_balancer)" },
+        { "mod_proxy_http.c", "proxy_http_module (a2enmod proxy_http)" },
+    };
+    server_rec *vhost;
+
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+    for (vhost = s; vhost; vhost = vhost->next) {
+        proxy_server_conf *proxy_conf =
+            ap_get_module_config(vhost->module_config, &proxy_module);
+        proxy_balancer *balancer = (proxy_balancer *)proxy_conf->balancers->elts;
+        int i;
+        apr_size_t j;
+
+        for (i = 0; i < proxy_conf->balancers->nelts; i++, balancer++) {
+            if (balancer->lbmethod != &aoai_lbmethod) {
+                continue;
+            }
+            for (j = 0; j < sizeof(needed) / sizeof(needed[0]); j++) {
+                if (!ap_find_linked_module(needed[j].source)) {
+                    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0,
+                                 s, APLOGNO(10903) "%s uses lbmethod="
+                                 AOAI_LBMETHOD_NAME ", which needs "
+                                 "LoadModule %s", balancer->s->name,
+                                 needed[j].load);
+                    return !OK;
+                }
+            }
+        }
+    }
+    return OK;
+}
+
 static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                             apr_pool_t *ptemp, server_rec *s)
 {
@@ -311,6 +355,7 @@ static void register_hooks(apr_pool_t *p)
 
     ap_register_provider(p, PROXY_LBMETHOD, AOAI_LBMETHOD_NAME, "0",
                          &aoai_lbmethod);
+    ap_hook_check_config(aoai_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(aoai_post_config, after_balancer, NULL,
                         APR_HOOK_MIDDLE);
     aoai_failover_register_hooks(p);

@@ -46,15 +46,22 @@ for my $case (@bad) {
 ok(!$ok, 'apache2 -t fails for a table of 3 slots');
 like($out, qr/AOAIThrottleTableSize: '3' is not a number of slots from 16 to 65536/, '  and says why');
 
-# The shipped example must stay valid.
-{
-    open my $fh, '<', "$TOP/conf/seed-two-farms.conf" or die $!;
-    local $/;
-    my $conf = <$fh>;
-    my $module = AOAITest::module_path();
-    $conf =~ s{^LoadModule aoai_balancer_module .*$}{LoadModule aoai_balancer_module $module}m;
+# lbmethod=aoai without the modules a balancer needs
+($ok, $out) = configtest($proxy->(''), qw(authz_core proxy proxy_http));
+ok(!$ok, 'apache2 -t fails for lbmethod=aoai without mod_proxy_balancer');
+like($out, qr/AH10903: balancer:\/\/aoai uses lbmethod=aoai, which needs LoadModule proxy_balancer_module/,
+     '  and names the missing module');
+($ok, $out) = configtest($proxy->(''), qw(authz_core proxy proxy_balancer slotmem_shm));
+ok(!$ok, 'apache2 -t fails for lbmethod=aoai without mod_proxy_http');
+like($out, qr/needs LoadModule proxy_http_module/, '  and names the missing module');
+
+# The shipped examples must stay valid.
+for my $example (qw(seed-two-farms.conf multi-region.conf status-localhost.conf)) {
+    open my $fh, '<', "$TOP/conf/$example" or die $!;
+    my $conf = do { local $/; <$fh> };
+    $conf =~ s{^LoadModule .*$}{}mg;    # configtest loads the modules
     ($ok, $out) = configtest("Define APACHE_LOG_DIR /tmp\n$conf");
-    ok($ok, 'conf/seed-two-farms.conf passes apache2 -t') or diag $out;
+    ok($ok, "conf/$example passes apache2 -t") or diag $out;
 }
 
 done_testing();

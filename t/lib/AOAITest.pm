@@ -73,6 +73,7 @@ sub load_modules {
 
 sub mpm_block {
     my ($mpm) = @_;
+    return '' if $mpm eq 'none';    # the configuration loads its own
     if ($mpm eq 'prefork') {
         return load_modules('mpm_prefork') . <<'EOF';
 StartServers 4
@@ -309,12 +310,14 @@ sub start_gateway {
         loglevel => $o{loglevel} || 'info', conf => $o{conf}, sanitize => 1);
 }
 
-# Runs `apache2 -t` over a gateway configuration; returns (ok, output).
+# Runs `apache2 -t` over a gateway configuration, with the stock modules
+# named (a gateway's usual set by default); returns (ok, output).
 sub configtest {
-    my ($conf) = @_;
+    my ($conf, @modules) = @_;
+    @modules = qw(authz_core authz_host proxy proxy_http proxy_balancer slotmem_shm
+                  lbmethod_byrequests ssl) unless @modules;
     my $dir = tempdir("aoai-configtest-XXXXXX", TMPDIR => 1, CLEANUP => 1);
-    my $modules = load_modules(qw(authz_core proxy proxy_http proxy_balancer
-                                  slotmem_shm lbmethod_byrequests))
+    my $modules = load_modules(@modules)
         . "LoadModule aoai_balancer_module " . module_path() . "\n";
     open my $fh, '>', "$dir/httpd.conf" or die;
     print $fh base_conf($dir, ports => [free_port()], modules => $modules,
