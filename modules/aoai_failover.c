@@ -410,17 +410,20 @@ static void post_request_as(request_rec *r, proxy_worker *worker,
     }
 }
 
+/* When this finds no member, it has noted every throttled one as skipped;
+ * otherwise the lbmethod notes those it passes over. */
 static int any_candidate(proxy_balancer *balancer, aoai_request_state *state)
 {
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
     apr_time_t now = apr_time_now();
-    int i, found = 0;
+    int i;
 
-    /* No early exit: every throttled member is noted as skipped. */
     for (i = 0; i < balancer->workers->nelts; i++) {
-        found |= aoai_member_is_candidate(workers[i], state, now);
+        if (aoai_member_is_candidate(workers[i], state, now)) {
+            return 1;
+        }
     }
-    return found;
+    return 0;
 }
 
 typedef enum {

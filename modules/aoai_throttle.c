@@ -226,6 +226,11 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
     }
     table = retained->table;
     slot_by_worker = apr_hash_make(pconf);
+    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, APLOGNO(10904)
+                 "throttle table: %u slots of %" APR_SIZE_T_FMT " bytes, "
+                 "%" APR_SIZE_T_FMT " bytes of shared memory, %d configured "
+                 "members", table->slot_count, sizeof(aoai_member_slot),
+                 table_size(table->slot_count), members);
 
     for (vhost = s; vhost; vhost = vhost->next) {
         proxy_server_conf *pconf_proxy =
