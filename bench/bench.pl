@@ -17,7 +17,6 @@ use lib "$FindBin::Bin/../t/lib";
 use AOAITest;
 use File::Temp qw(tempdir);
 use Getopt::Long;
-use POSIX qw(ceil);
 use Time::HiRes qw(time sleep);
 
 GetOptions('smoke' => \my $smoke, 'duration=i' => \my $duration,
@@ -56,6 +55,9 @@ sub balancer {
 my $gw_conf = "AOAIThrottleTableSize 1024\n"
     . balancer('byreq', 'byrequests', [pA => 0], [pB => 0])
     . balancer('aoai', 'aoai', [pA => 0], [pB => 0]);
+for my $n (2, 64) {    # stock, for the slope mod_proxy_balancer has itself
+    $gw_conf .= balancer("b$n", 'byrequests', map { [ $scale[$_] => 0 ] } 0 .. $n - 1);
+}
 for my $n (2, 16, 64) {
     $gw_conf .= balancer("m$n", 'aoai', map { [ $scale[$_] => 0 ] } 0 .. $n - 1);
     $gw_conf .= balancer("m${n}half", 'aoai', map { [ $scale[$_] => 0 ] } 0 .. $n - 1);
@@ -201,14 +203,16 @@ for my $n (2, 16, 64) {
         die "could not throttle half of m$n" if ++$tries > 10 * $n;
     }
 }
-my $s = compare(map { ("m$_" => "$gw_url/m$_$path", "m${_}half" => "$gw_url/m${_}half$path") } 2, 16, 64);
-my $scale_change = ($s->{m64}{rps} - $s->{m2}{rps}) / $s->{m2}{rps} * 100;
-my $scale_half_change = ($s->{m64half}{rps} - $s->{m2half}{rps}) / $s->{m2half}{rps} * 100;
-row('2. Scale in members (aoai)',
+my $s = compare((map { ("m$_" => "$gw_url/m$_$path", "m${_}half" => "$gw_url/m${_}half$path") } 2, 16, 64),
+                map { ("b$_" => "$gw_url/b$_$path") } 2, 64);
+my $change = sub { ($s->{ $_[1] }{rps} - $s->{ $_[0] }{rps}) / $s->{ $_[0] }{rps} * 100 };
+row('2. Scale in members',
     join('; ', map { sprintf('%s: %.0f req/s', $_, $s->{$_}{rps}) }
-               qw(m2 m16 m64 m2half m16half m64half)),
-    sprintf('2 -> 64 members: %+.1f%% healthy, %+.1f%% half throttled (target within 5%%)',
-            $scale_change, $scale_half_change));
+               qw(m2 m16 m64 m2half m16half m64half b2 b64))
+    . ' (mN: aoai over N members, mNhalf: half of them throttled, bN: byrequests over N)',
+    sprintf('aoai 2 -> 64 members: %+.1f%% healthy, %+.1f%% half throttled (target within 5%%); '
+            . 'stock byrequests 2 -> 64: %+.1f%%',
+            $change->('m2', 'm64'), $change->('m2half', 'm64half'), $change->('b2', 'b64')));
 
 # 3. Failover cost, and the window honoured
 print STDERR "3. failover cost\n";
@@ -242,7 +246,7 @@ sub scenario {
                 my $res = HTTP::Tiny->new(timeout => 30, keep_alive => 0)->request(
                     'POST', "$base$path", { headers => { 'content-type' => 'application/json' },
                                             content => chat_body() });
-                print $out "$res->{status}\n";
+                printf $out "%.6f %d\n", time, $res->{status};
                 sleep $interval;
             }
             close $out;
@@ -252,16 +256,32 @@ sub scenario {
     }
     waitpid $_, 0 for @pids;
     my $elapsed = time - $t0;
-    my ($ok, $all) = (0, 0);
+    my ($ok, @times) = (0);
     for my $worker (1 .. 4) {
         open my $in, '<', "$results.$worker" or die;
-        while (<$in>) { $all++; $ok++ if /^200/ }
+        while (<$in>) {
+            my ($when, $status) = split;
+            push @times, $when;
+            $ok++ if $status == 200;
+        }
     }
+    # What the quota allowed: the mock opens a 10 s window at the first
+    # call after the previous one ended and serves 20 calls in it, so a
+    # window allows min(20, calls that arrived in it).
+    my ($allowed, $windows, $window_start, $in_window) = (0, 0, undef, 0);
+    for my $when (sort { $a <=> $b } @times) {
+        if (!defined $window_start || $when >= $window_start + 10) {
+            $allowed += $in_window < 20 ? $in_window : 20 if defined $window_start;
+            ($window_start, $in_window) = ($when, 0);
+            $windows++;
+        }
+        $in_window++;
+    }
+    $allowed += $in_window < 20 ? $in_window : 20;
     my $ps = $mock->stats($primary);
-    my $windows = ceil($elapsed / 10);
-    return { success => $ok / $all, calls => $all, elapsed => $elapsed,
+    return { success => $ok / @times, calls => scalar @times, elapsed => $elapsed,
              wasted_429 => $ps->{status}{429} || 0, primary_served => $ps->{status}{200} || 0,
-             allowed => 20 * $windows, windows => $windows };
+             allowed => $allowed, windows => $windows };
 }
 print STDERR "4. throttle scenario\n";
 my $sc = scenario("$gw_url/scen", 'scen_primary', 'scen_secondary');

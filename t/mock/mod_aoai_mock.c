@@ -533,8 +533,10 @@ static int inference(request_rec *r, mock_member *m)
         || (b.quota_tokens && m->window_tokens + prompt_tokens
             + completion_tokens > b.quota_tokens)) {
         over_quota = 1;
-        wait_ms = (int)apr_time_as_msec(m->window_start
-                  + apr_time_from_msec(b.quota_window_ms) - now);
+        /* rounded up, as the service does: a client that waits exactly
+         * this long finds the new window open */
+        wait_ms = (int)((m->window_start + apr_time_from_msec(b.quota_window_ms)
+                         - now + 999) / 1000);
         if (wait_ms < 1) {
             wait_ms = 1;
         }
