@@ -66,7 +66,11 @@ static void *merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     MERGE(throttle_max);
     MERGE(max_body);
     MERGE(backend_header);
+    MERGE(keys);
+    MERGE(key_header);
 #undef MERGE
+    /* Credentials go with the <Proxy> section that names the members. */
+    conf->credentials = add->credentials ? add->credentials : base->credentials;
     if (add->failover_set) {
         memcpy(conf->failover_status, add->failover_status,
                sizeof(conf->failover_status));
@@ -231,6 +235,60 @@ static const char *set_backend_header(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
+static const char *set_key_file(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+    const char *err;
+
+    conf->keys_set = 1;
+    if (!strcasecmp(arg, "none")) {
+        conf->keys = NULL;
+        return NULL;
+    }
+    err = aoai_keys_load(cmd->pool, ap_server_root_relative(cmd->pool, arg),
+                         &conf->keys);
+    return err ? apr_pstrcat(cmd->pool, "AOAISubscriptionKeyFile ", err, NULL)
+               : NULL;
+}
+
+static const char *set_key_header(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+    const char *p;
+
+    for (p = arg; *p; p++) {
+        if (!apr_isalnum(*p) && !strchr("!#$%&'*+-.^_`|~", *p)) {
+            return apr_psprintf(cmd->pool, "AOAISubscriptionKeyHeader: '%s' "
+                                "is not a valid header name", arg);
+        }
+    }
+    conf->key_header = arg;
+    conf->key_header_set = 1;
+    return NULL;
+}
+
+static const char *set_member_credential(cmd_parms *cmd, void *dconf,
+                                         const char *route, const char *kind,
+                                         const char *source)
+{
+    aoai_dir_conf *conf = dconf;
+    aoai_member_credential *cred;
+    int i;
+
+    if (!conf->credentials) {
+        conf->credentials = apr_array_make(cmd->pool, 4, sizeof(*cred));
+    }
+    for (i = 0; i < conf->credentials->nelts; i++) {
+        if (!strcmp(APR_ARRAY_IDX(conf->credentials, i,
+                                  aoai_member_credential).route, route)) {
+            return apr_psprintf(cmd->pool, "AOAIMemberCredential %s: this "
+                                "member already has a credential", route);
+        }
+    }
+    cred = apr_array_push(conf->credentials);
+    return aoai_member_credential_parse(cmd, cred, route, kind, source);
+}
+
 static const char *set_table_size(cmd_parms *cmd, void *dummy,
                                   const char *arg)
 {
@@ -274,6 +332,18 @@ static const command_rec aoai_cmds[] =
                   RSRC_CONF | ACCESS_CONF,
                   "Response header naming the member that served (default "
                   "x-aoai-backend), or Off"),
+    AP_INIT_TAKE1("AOAISubscriptionKeyFile", set_key_file, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "File of 'label sha256-hex' lines: callers must present "
+                  "one of these keys (or none to turn the check off)"),
+    AP_INIT_TAKE1("AOAISubscriptionKeyHeader", set_key_header, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "Request header holding the subscription key (default "
+                  "api-key)"),
+    AP_INIT_TAKE3("AOAIMemberCredential", set_member_credential, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "route api-key|bearer file:/path|env:NAME: the credential "
+                  "this member is called with"),
     AP_INIT_TAKE1("AOAIThrottleTableSize", set_table_size, NULL, RSRC_CONF,
                   "Slots in the shared throttle table (default 512)"),
     {NULL, {NULL}, NULL, 0, 0, NULL}
@@ -281,6 +351,51 @@ static const command_rec aoai_cmds[] =
 
 /* ------------------------------------------------------------------ */
 /* Hooks                                                                */
+
+/* A credential for a route that no member of its <Proxy balancer://...>
+ * section has would silently never be used. */
+static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
+                                   proxy_server_conf *proxy_conf)
+{
+    ap_conf_vector_t **sections = (ap_conf_vector_t **)proxy_conf->sec_proxy->elts;
+    int k, i, j;
+
+    for (k = 0; k < proxy_conf->sec_proxy->nelts; k++) {
+        const aoai_dir_conf *conf = ap_get_module_config(sections[k],
+                                                         &aoai_balancer_module);
+        const proxy_dir_conf *section = ap_get_module_config(sections[k],
+                                                             &proxy_module);
+        proxy_balancer *balancer;
+        proxy_worker **workers;
+
+        if (!conf || !conf->credentials || !section || !section->p
+            || strncasecmp(section->p, "balancer://", 11)) {
+            continue;
+        }
+        balancer = ap_proxy_get_balancer(ptemp, proxy_conf, section->p, 0);
+        if (!balancer) {
+            continue;
+        }
+        workers = (proxy_worker **)balancer->workers->elts;
+        for (i = 0; i < conf->credentials->nelts; i++) {
+            const char *route = APR_ARRAY_IDX(conf->credentials, i,
+                                              aoai_member_credential).route;
+            for (j = 0; j < balancer->workers->nelts; j++) {
+                if (!strcmp(workers[j]->s->route, route)) {
+                    break;
+                }
+            }
+            if (j == balancer->workers->nelts) {
+                ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                             APLOGNO(10905) "AOAIMemberCredential %s: no "
+                             "BalancerMember of %s has route=%s", route,
+                             balancer->s->name, route);
+                return !OK;
+            }
+        }
+    }
+    return OK;
+}
 
 /* Runs under `apachectl -t` too: a balancer that asks for lbmethod=aoai
  * without the modules that make a balancer work is a configuration error,
@@ -299,7 +414,6 @@ static int aoai_check_config(apr_pool_t *pconf, apr_pool_t *plog,
 
     (void)pconf;
     (void)plog;
-    (void)ptemp;
     for (vhost = s; vhost; vhost = vhost->next) {
         proxy_server_conf *proxy_conf =
             ap_get_module_config(vhost->module_config, &proxy_module);
@@ -307,6 +421,9 @@ static int aoai_check_config(apr_pool_t *pconf, apr_pool_t *plog,
         int i;
         apr_size_t j;
 
+        if (check_credential_routes(s, ptemp, proxy_conf) != OK) {
+            return !OK;
+        }
         for (i = 0; i < proxy_conf->balancers->nelts; i++, balancer++) {
             if (balancer->lbmethod != &aoai_lbmethod) {
                 continue;

@@ -10,6 +10,8 @@
  *                            (balancer, member), kept over graceful restart.
  *   aoai_ratelimit_headers.c what a member's 429 says about its window:
  *                            retry-after-ms, Retry-After, x-ratelimit-reset-*.
+ *   aoai_front_door.c        subscription keys in, members' own credentials
+ *                            out, no client secret forwarded or logged.
  *   aoai_failover.c          the handler that owns the attempt loop: keeps
  *                            the request body, replays it to each member,
  *                            catches failed answers in an output filter
@@ -42,6 +44,23 @@
 extern module AP_MODULE_DECLARE_DATA aoai_balancer_module;
 
 typedef struct {
+    const char *label;              /* for logs and accounting, never secret */
+    unsigned char digest[32];       /* SHA-256 of the key */
+} aoai_subscription_key;
+
+typedef struct {
+    const char *path;
+    apr_array_header_t *keys;       /* aoai_subscription_key */
+} aoai_key_set;
+
+typedef struct {
+    const char *route;              /* the BalancerMember's route= */
+    int bearer;                     /* Authorization: Bearer, else api-key */
+    const char *path;               /* file:, for bearer re-read per attempt */
+    const char *value;              /* api-key, read at start-up */
+} aoai_member_credential;
+
+typedef struct {
     apr_interval_time_t throttle_default;  /* window when a 429 names none */
     apr_interval_time_t throttle_max;      /* no window is longer than this */
     apr_off_t max_body;                    /* request bodies kept in memory */
@@ -49,11 +68,16 @@ typedef struct {
     /* Statuses 400-599 that fail an attempt over, as a bitmap. */
     apr_uint32_t failover_status[(600 - 400 + 31) / 32];
     int failover_transport;                /* AOAI_FAIL_* bits */
+    aoai_key_set *keys;                    /* NULL: no subscription check */
+    const char *key_header;                /* where clients put their key */
+    apr_array_header_t *credentials;       /* aoai_member_credential */
     unsigned int throttle_default_set:1;
     unsigned int throttle_max_set:1;
     unsigned int max_body_set:1;
     unsigned int backend_header_set:1;
     unsigned int failover_set:1;
+    unsigned int keys_set:1;
+    unsigned int key_header_set:1;
 } aoai_dir_conf;
 
 typedef struct {
@@ -101,6 +125,21 @@ aoai_window_source aoai_window_from_headers(const aoai_ratelimit_headers *h,
                                             const char **bad_header);
 int aoai_parse_duration(const char *value, int plain_unit_ms,
                         apr_interval_time_t *out);
+
+/* aoai_front_door.c */
+const char *aoai_keys_load(apr_pool_t *pool, const char *path,
+                           aoai_key_set **out);
+int aoai_check_subscription_key(request_rec *r, const aoai_dir_conf *conf,
+                                const char **label, const char **why);
+void aoai_scrub_client_key(request_rec *r, const aoai_dir_conf *conf,
+                           const char **member_uri);
+const char *aoai_member_credential_parse(cmd_parms *cmd,
+                                         aoai_member_credential *cred,
+                                         const char *route, const char *kind,
+                                         const char *source);
+apr_status_t aoai_apply_member_credential(request_rec *r,
+                                          const aoai_dir_conf *conf,
+                                          proxy_worker *worker);
 
 /* aoai_throttle.c */
 apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,

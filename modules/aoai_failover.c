@@ -124,14 +124,8 @@ static const char *json_escape(apr_pool_t *p, const char *in)
 
 /* Writes the whole error response; the handler then returns OK so that
  * ErrorDocument does not replace a body that SDKs parse. */
-static int send_json_error(request_rec *r, int status, const char *code,
-                           const char *message)
+static int send_json(request_rec *r, int status, const char *body)
 {
-    const char *body = apr_psprintf(r->pool,
-                                    "{\"error\":{\"code\":\"%s\","
-                                    "\"message\":\"%s\"}}\n",
-                                    json_escape(r->pool, code),
-                                    json_escape(r->pool, message));
     r->status = status;
     r->status_line = NULL;
     ap_set_content_type(r, "application/json");
@@ -140,6 +134,23 @@ static int send_json_error(request_rec *r, int status, const char *code,
         ap_rwrite(body, (int)strlen(body), r);
     }
     return OK;
+}
+
+/* Azure OpenAI's error shape, which the SDKs parse. */
+static int send_json_error(request_rec *r, int status, const char *code,
+                           const char *message)
+{
+    return send_json(r, status, apr_psprintf(r->pool,
+                     "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
+                     json_escape(r->pool, code), json_escape(r->pool, message)));
+}
+
+/* API Management's shape, for what the gateway itself refuses at the door. */
+static int send_apim_error(request_rec *r, int status, const char *message)
+{
+    return send_json(r, status, apr_psprintf(r->pool,
+                     "{\"statusCode\": %d, \"message\": \"%s\"}\n",
+                     status, json_escape(r->pool, message)));
 }
 
 /* ------------------------------------------------------------------ */
@@ -562,6 +573,24 @@ static int aoai_proxy_handler(request_rec *r)
     state->conf = conf;
     ap_set_module_config(r->request_config, &aoai_balancer_module, state);
 
+    if (conf->keys) {
+        const char *label;
+        rc = aoai_check_subscription_key(r, conf, &label, &why);
+        if (rc != OK) {
+            aoai_scrub_client_key(r, conf, &uri);
+            r->connection->keepalive = AP_CONN_CLOSE;   /* body unread */
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10927)
+                          "%s: refusing a call without a valid subscription "
+                          "key", balancer->s->name);
+            return send_apim_error(r, rc, why);
+        }
+        apr_table_setn(r->subprocess_env, "AOAI_KEY_LABEL", label);
+        apr_table_setn(r->notes, "aoai-key-label", label);
+    }
+    if (conf->keys || conf->credentials) {
+        aoai_scrub_client_key(r, conf, &uri);
+    }
+
     kept = apr_pcalloc(r->pool, sizeof(*kept));
     rc = keep_request_body(r, conf, kept, &why);
     if (rc != OK) {
@@ -606,6 +635,14 @@ static int aoai_proxy_handler(request_rec *r)
 
         APR_ARRAY_PUSH(state->tried, proxy_worker *) = worker;
         state->attempts++;
+        if ((conf->keys || conf->credentials)
+            && aoai_apply_member_credential(r, conf, worker) != APR_SUCCESS) {
+            /* Without its credential the member would only say 401. */
+            post_request_as(r, worker, attempt_balancer, proxy_conf,
+                            HTTP_SERVICE_UNAVAILABLE);
+            last_failure_status = HTTP_SERVICE_UNAVAILABLE;
+            continue;
+        }
         state->worker = worker;
         state->answered_status = 0;
         state->backend_broke = 0;

@@ -119,8 +119,10 @@ LogLevel $o{loglevel}
 ${user}${listen}KeepAlive On
 Timeout 30
 EOF
-LogFormat "%h %t \\"%r\\" %>s pid=%P backend=%{AOAI_BACKEND}e attempts=%{AOAI_ATTEMPTS}e skipped=%{AOAI_THROTTLED_SKIPPED}e" aoai
+LogFormat "%h %t \\"%r\\" %>s pid=%P backend=%{AOAI_BACKEND}e attempts=%{AOAI_ATTEMPTS}e skipped=%{AOAI_THROTTLED_SKIPPED}e key=%{AOAI_KEY_LABEL}e" aoai
 CustomLog "$dir/access_log" aoai
+LogFormat "%h %l %u %t \\"%r\\" %>s %O \\"%{Referer}i\\" \\"%{User-Agent}i\\"" combined
+CustomLog "$dir/combined_log" combined
 EOF2
 }
 
@@ -186,6 +188,13 @@ sub dir  { $_[0]{dir} }
 sub error_log {
     my ($self) = @_;
     open my $fh, '<', "$self->{dir}/error_log" or return '';
+    local $/;
+    return <$fh>;
+}
+
+sub log_text {
+    my ($self, $name) = @_;
+    open my $fh, '<', "$self->{dir}/$name" or return '';
     local $/;
     return <$fh>;
 }
@@ -281,6 +290,7 @@ sub start_mock {
                  . "    SetHandler aoai-mock\n"
                  . "    AOAIMockMember $member->{name}\n"
                  . ($member->{api_key} ? "    AOAIMockApiKey $member->{api_key}\n" : '')
+                 . ($member->{bearer} ? "    AOAIMockBearer $member->{bearer}\n" : '')
                  . ($member->{quota} ? "    AOAIMockQuota $member->{quota}\n" : '')
                  . ($member->{stream} ? "    AOAIMockStream $member->{stream}\n" : '')
                  . "</VirtualHost>\n";
@@ -443,9 +453,9 @@ sub access_log_records {
     my $read = sub {
         @records = ();
         for my $line ($server->access_log_lines) {
-            next unless $line =~ /" (\d+) pid=(\d+) backend=(\S+) attempts=(\S+) skipped=(\S+)/;
+            next unless $line =~ /" (\d+) pid=(\d+) backend=(\S+) attempts=(\S+) skipped=(\S+) key=(\S+)/;
             push @records, { status => $1, pid => $2, backend => $3,
-                             attempts => $4, skipped => $5 };
+                             attempts => $4, skipped => $5, key => $6 };
         }
         return @records >= $expected;
     };

@@ -9,6 +9,7 @@
  *       SetHandler aoai-mock
  *       AOAIMockMember farm1
  *       AOAIMockApiKey farm1-secret          # optional: 401 without it
+ *       AOAIMockBearer token-v1              # optional: Authorization: Bearer
  *       AOAIMockQuota 20 10000 0             # requests, window ms, tokens
  *   </VirtualHost>
  *
@@ -67,6 +68,7 @@ typedef struct {
     int stream_chunks;
     int stream_delay_ms;
     const char *api_key;
+    const char *bearer_token;
 } mock_behaviour;
 
 typedef struct {
@@ -87,7 +89,9 @@ typedef struct {
     apr_int64_t body_count;
     int streams_in_progress;
     apr_int64_t streams_completed;
-    char last_api_key_state[16];   /* absent / valid / invalid / unchecked */
+    char last_api_key_state[16];   /* absent / present / valid / invalid */
+    char last_bearer_state[16];    /* absent / present / valid / invalid */
+    char last_header_names[1024];  /* names only: values may be secrets */
     char last_host[256];
     char last_path[512];
 } mock_member;
@@ -132,6 +136,15 @@ static const char *set_api_key(cmd_parms *cmd, void *d, const char *key)
     return NULL;
 }
 
+static const char *set_bearer(cmd_parms *cmd, void *d, const char *token)
+{
+    mock_member *m = ap_get_module_config(cmd->server->module_config,
+                                          &aoai_mock_module);
+    (void)d;
+    m->configured.bearer_token = token;
+    return NULL;
+}
+
 static const char *set_quota(cmd_parms *cmd, void *d, const char *requests,
                              const char *window_ms, const char *tokens)
 {
@@ -163,6 +176,8 @@ static const command_rec mock_cmds[] = {
                   "Name this mock member answers as"),
     AP_INIT_TAKE1("AOAIMockApiKey", set_api_key, NULL, RSRC_CONF,
                   "api-key the member requires (401 otherwise)"),
+    AP_INIT_TAKE1("AOAIMockBearer", set_bearer, NULL, RSRC_CONF,
+                  "bearer token the member requires (401 otherwise)"),
     AP_INIT_TAKE23("AOAIMockQuota", set_quota, NULL, RSRC_CONF,
                    "requests per window, window in ms, [tokens per window]"),
     AP_INIT_TAKE2("AOAIMockStream", set_stream, NULL, RSRC_CONF,
@@ -182,7 +197,29 @@ static void mock_child_init(apr_pool_t *p, server_rec *s)
         apr_pool_create(&m->pool, p);
         m->now = m->configured;
         strcpy(m->last_api_key_state, "none");
+        strcpy(m->last_bearer_state, "none");
     }
+}
+
+static const char *credential_state(const char *presented,
+                                    const char *expected)
+{
+    if (!presented) {
+        return "absent";
+    }
+    if (!expected) {
+        return "present";
+    }
+    return strcmp(presented, expected) ? "invalid" : "valid";
+}
+
+static int add_header_name(void *baton, const char *name, const char *value)
+{
+    char *names = baton;
+    apr_size_t used = strlen(names);
+    (void)value;
+    apr_snprintf(names + used, 1024 - used, "%s%s", used ? "," : "", name);
+    return 1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -410,7 +447,7 @@ static const char *deployment_operation(request_rec *r, const char **deployment)
 static int inference(request_rec *r, mock_member *m)
 {
     mock_behaviour b;
-    const char *deployment, *operation, *api_key;
+    const char *deployment, *operation, *api_key, *bearer;
     char *body;
     apr_size_t body_length;
     char hash[65];
@@ -436,6 +473,10 @@ static int inference(request_rec *r, mock_member *m)
     }
     sha256_hex(body, body_length, hash);
     api_key = apr_table_get(r->headers_in, "api-key");
+    bearer = apr_table_get(r->headers_in, "Authorization");
+    if (bearer) {
+        bearer = strncmp(bearer, "Bearer ", 7) ? "" : bearer + 7;
+    }
 
     apr_thread_mutex_lock(m->mutex);
     b = m->now;
@@ -445,10 +486,12 @@ static int inference(request_rec *r, mock_member *m)
     apr_cpystrn(m->last_host, apr_table_get(r->headers_in, "Host")
                 ? apr_table_get(r->headers_in, "Host") : "", sizeof(m->last_host));
     apr_cpystrn(m->last_path, r->unparsed_uri, sizeof(m->last_path));
-    apr_cpystrn(m->last_api_key_state, !b.api_key ? "unchecked"
-                : !api_key ? "absent"
-                : strcmp(api_key, b.api_key) ? "invalid" : "valid",
+    apr_cpystrn(m->last_api_key_state, credential_state(api_key, b.api_key),
                 sizeof(m->last_api_key_state));
+    apr_cpystrn(m->last_bearer_state, credential_state(bearer, b.bearer_token),
+                sizeof(m->last_bearer_state));
+    m->last_header_names[0] = '\0';
+    apr_table_do(add_header_name, m->last_header_names, r->headers_in, NULL);
     if (strcmp(b.fault, "none") && m->now.fault_count != 0) {
         fault_now = 1;
         if (m->now.fault_count > 0 && --m->now.fault_count == 0) {
@@ -479,7 +522,8 @@ static int inference(request_rec *r, mock_member *m)
         }
     }
 
-    if (b.api_key && (!api_key || strcmp(api_key, b.api_key))) {
+    if ((b.api_key && (!api_key || strcmp(api_key, b.api_key)))
+        || (b.bearer_token && (!bearer || strcmp(bearer, b.bearer_token)))) {
         azure_error(r, 401, "401", "Access denied due to invalid subscription "
                     "key or wrong API endpoint. Make sure to provide a valid "
                     "key for an active subscription and use a correct "
@@ -606,7 +650,7 @@ static int stats(request_rec *r, mock_member *m)
     for (i = first; i < m->body_count; i++) {
         json_array_append_new(hashes, json_string(m->body_hashes[i % HASH_RING]));
     }
-    doc = json_pack("{s:s,s:I,s:I,s:o,s:o,s:I,s:i,s:I,s:s,s:s,s:s}",
+    doc = json_pack("{s:s,s:I,s:I,s:o,s:o,s:I,s:i,s:I,s:s,s:s,s:s,s:s,s:s}",
                     "member", m->name, "requests", (json_int_t)m->requests,
                     "faults", (json_int_t)m->faults,
                     "status", statuses, "body_sha256", hashes,
@@ -614,6 +658,8 @@ static int stats(request_rec *r, mock_member *m)
                     "streams_in_progress", m->streams_in_progress,
                     "streams_completed", (json_int_t)m->streams_completed,
                     "last_api_key", m->last_api_key_state,
+                    "last_bearer", m->last_bearer_state,
+                    "last_header_names", m->last_header_names,
                     "last_host", m->last_host, "last_path", m->last_path);
     apr_thread_mutex_unlock(m->mutex);
     json_send(r, 200, doc);
@@ -656,7 +702,8 @@ static int control(request_rec *r, mock_member *m, int reset)
         m->requests = m->body_count = m->streams_completed = m->faults = 0;
         memset(m->status_count, 0, sizeof(m->status_count));
         strcpy(m->last_api_key_state, "none");
-        m->last_host[0] = m->last_path[0] = '\0';
+        strcpy(m->last_bearer_state, "none");
+        m->last_host[0] = m->last_path[0] = m->last_header_names[0] = '\0';
     }
     else {
         TAKE_INT(quota_requests);
@@ -673,6 +720,7 @@ static int control(request_rec *r, mock_member *m, int reset)
         TAKE_INT(stream_chunks);
         TAKE_INT(stream_delay_ms);
         TAKE_STR(api_key);
+        TAKE_STR(bearer_token);
         if (!m->now.fault) {
             m->now.fault = "none";
         }
