@@ -42,6 +42,7 @@
 #include "apr_strings.h"
 #include "apr_thread_mutex.h"
 #include "apr_portable.h"
+#include "apr_base64.h"
 
 #include <sys/socket.h>
 #include <jansson.h>
@@ -454,6 +455,7 @@ static int inference(request_rec *r, mock_member *m)
     json_t *request, *messages, *max_tokens_json;
     json_error_t json_error;
     int rc, prompt_tokens, completion_tokens, stream, include_usage;
+    int base64_embedding;
     int forced = 0, fault_now = 0, wait_ms = 0, over_quota = 0;
     int remaining_requests, remaining_tokens;
     apr_time_t now;
@@ -556,6 +558,9 @@ static int inference(request_rec *r, mock_member *m)
     stream = json_is_true(json_object_get(request, "stream"));
     include_usage = json_is_true(json_object_get(
         json_object_get(request, "stream_options"), "include_usage"));
+    base64_embedding = json_is_string(json_object_get(request, "encoding_format"))
+        && !strcmp(json_string_value(json_object_get(request, "encoding_format")),
+                   "base64");
     max_tokens_json = json_object_get(request, "max_tokens");
     completion_tokens = json_is_integer(max_tokens_json)
         ? (int)json_integer_value(max_tokens_json) : 16;
@@ -608,10 +613,22 @@ static int inference(request_rec *r, mock_member *m)
                    apr_itoa(r->pool, remaining_tokens));
 
     if (!strcmp(operation, "embeddings")) {
-        json_send(r, 200, json_pack("{s:s,s:[{s:s,s:i,s:[f,f,f]}],s:s,s:o}",
+        static const float vector[3] = { 0.1f, 0.2f, 0.3f };
+        json_t *embedding;
+        if (base64_embedding) {
+            /* as the service: little-endian float32s, base64 */
+            char *encoded = apr_palloc(r->pool,
+                                       apr_base64_encode_len(sizeof(vector)));
+            apr_base64_encode(encoded, (const char *)vector, sizeof(vector));
+            embedding = json_string(encoded);
+        }
+        else {
+            embedding = json_pack("[f,f,f]", vector[0], vector[1], vector[2]);
+        }
+        json_send(r, 200, json_pack("{s:s,s:[{s:s,s:i,s:o}],s:s,s:o}",
                                     "object", "list", "data", "object",
                                     "embedding", "index", 0, "embedding",
-                                    0.1, 0.2, 0.3, "model", deployment,
+                                    embedding, "model", deployment,
                                     "usage", usage_json(prompt_tokens, 0)));
         return OK;
     }
