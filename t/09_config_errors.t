@@ -5,6 +5,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use AOAITest;
+use File::Temp ();
 
 my $proxy = sub {
     my ($inside) = @_;
@@ -55,10 +56,15 @@ like($out, qr/AH10903: balancer:\/\/aoai uses lbmethod=aoai, which needs LoadMod
 ok(!$ok, 'apache2 -t fails for lbmethod=aoai without mod_proxy_http');
 like($out, qr/needs LoadModule proxy_http_module/, '  and names the missing module');
 
-# The shipped examples must stay valid.
+# The shipped examples must stay valid, with the secrets they name.
+my $secrets = File::Temp::tempdir('aoai-conf-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+system("printf '%s' sk-example | $TOP/scripts/aoai-keyhash team-a > $secrets/subscription-keys") == 0 or die;
+system("echo farm1-key > $secrets/farm1.key") == 0 or die;
+local $ENV{AOAI_FARM0_KEY} = 'farm0-key';
 for my $example (qw(seed-two-farms.conf multi-region.conf status-localhost.conf)) {
     open my $fh, '<', "$TOP/conf/$example" or die $!;
     my $conf = do { local $/; <$fh> };
+    $conf =~ s{/etc/apache2/aoai/}{$secrets/}g;
     $conf =~ s{^LoadModule .*$}{}mg;    # configtest loads the modules
     ($ok, $out) = configtest("Define APACHE_LOG_DIR /tmp\n$conf");
     ok($ok, "conf/$example passes apache2 -t") or diag $out;
