@@ -12,6 +12,7 @@
  *                            retry-after-ms, Retry-After, x-ratelimit-reset-*.
  *   aoai_front_door.c        subscription keys in, members' own credentials
  *                            out, no client secret forwarded or logged.
+ *   aoai_keyfile.c           the subscription key file's parser.
  *   aoai_failover.c          the handler that owns the attempt loop: keeps
  *                            the request body, replays it to each member,
  *                            catches failed answers in an output filter
@@ -126,9 +127,11 @@ aoai_window_source aoai_window_from_headers(const aoai_ratelimit_headers *h,
 int aoai_parse_duration(const char *value, int plain_unit_ms,
                         apr_interval_time_t *out);
 
-/* aoai_front_door.c */
+/* aoai_keyfile.c */
 const char *aoai_keys_load(apr_pool_t *pool, const char *path,
                            aoai_key_set **out);
+
+/* aoai_front_door.c */
 int aoai_check_subscription_key(request_rec *r, const aoai_dir_conf *conf,
                                 const char **label, const char **why);
 void aoai_scrub_client_key(request_rec *r, const aoai_dir_conf *conf,

@@ -24,8 +24,9 @@
 /* Far beyond any maximum window an admin can set; keeps the sums below
  * from overflowing whatever a header claims. */
 #define AOAI_DURATION_CAP  apr_time_from_sec((apr_int64_t)86400 * 366)
-/* Digits kept per number: 10^9 hours still fits in 64 bits of usec. */
-#define AOAI_WHOLE_CAP     APR_INT64_C(1000000000)
+/* Past this, a number of even the smallest unit (us) is beyond the cap:
+ * it is taken as the cap itself, never wrapped round or cut short. */
+#define AOAI_WHOLE_CAP     APR_INT64_C(1000000000000000)
 
 static apr_int64_t saturating_add(apr_int64_t a, apr_int64_t b)
 {
@@ -52,11 +53,14 @@ int aoai_parse_duration(const char *value, int plain_unit_ms,
     while (*p && !apr_isspace(*p)) {
         apr_int64_t whole = 0, fraction = 0, fraction_scale = 1;
         apr_int64_t unit_usec, term;
-        int digits = 0;
+        int digits = 0, saturated = 0;
 
         while (apr_isdigit(*p)) {
-            if (whole < AOAI_WHOLE_CAP) {
-                whole = whole * 10 + (*p - '0');
+            whole = whole * 10 + (*p - '0');
+            if (whole > AOAI_WHOLE_CAP) {
+                /* more than any window can be: the cap, whatever follows */
+                whole = AOAI_WHOLE_CAP;
+                saturated = 1;
             }
             digits++;
             p++;
@@ -103,8 +107,11 @@ int aoai_parse_duration(const char *value, int plain_unit_ms,
             return 0;
         }
 
-        term = saturating_add(whole * unit_usec,
-                              fraction * unit_usec / fraction_scale);
+        /* whole * unit_usec only when it cannot overflow */
+        term = (saturated || whole > AOAI_DURATION_CAP / unit_usec)
+               ? AOAI_DURATION_CAP
+               : saturating_add(whole * unit_usec,
+                                fraction * unit_usec / fraction_scale);
         total = saturating_add(total, term);
         terms++;
     }
