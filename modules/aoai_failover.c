@@ -324,19 +324,26 @@ static void record_throttle(request_rec *r, aoai_request_state *state)
                   apr_time_as_msec(window));
 }
 
-static int brigade_starts_with_error(apr_bucket_brigade *bb)
+typedef enum {
+    AOAI_BRIGADE_EMPTY,     /* only flushes: nothing of the answer yet */
+    AOAI_BRIGADE_BROKE,     /* an error before any byte of the answer */
+    AOAI_BRIGADE_CONTENT    /* a byte of the answer, or its end */
+} aoai_brigade_verdict;
+
+static aoai_brigade_verdict brigade_verdict(apr_bucket_brigade *bb)
 {
     apr_bucket *b;
     for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb);
          b = APR_BUCKET_NEXT(b)) {
         if (AP_BUCKET_IS_ERROR(b)) {
-            return 1;
+            return AOAI_BRIGADE_BROKE;
         }
-        if (!APR_BUCKET_IS_METADATA(b) || APR_BUCKET_IS_EOS(b)) {
-            return 0;
+        if (APR_BUCKET_IS_EOS(b)
+            || (!APR_BUCKET_IS_METADATA(b) && b->length != 0)) {
+            return AOAI_BRIGADE_CONTENT;
         }
     }
-    return 0;
+    return AOAI_BRIGADE_EMPTY;
 }
 
 static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
@@ -349,14 +356,24 @@ static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
         return ap_pass_brigade(f->next, bb);
     }
     if (!state->answered_status && !state->backend_broke) {
-        if (brigade_starts_with_error(bb)) {
-            /* mod_proxy_http lost the member before a status line and
-             * wants to drop the client's connection: fail over instead. */
+        aoai_brigade_verdict verdict = brigade_verdict(bb);
+
+        if (verdict == AOAI_BRIGADE_BROKE) {
+            /* The member went away before the first byte of its answer:
+             * before a status line (mod_proxy_http would drop the client's
+             * connection) or right after the headers.  Nothing reached the
+             * client, so the next member can still answer. */
             state->backend_broke = 1;
         }
         else if (aoai_failover_on_status(state->conf, r->status)) {
             state->answered_status = r->status;
             record_throttle(r, state);
+        }
+        else if (verdict == AOAI_BRIGADE_EMPTY) {
+            /* mod_proxy_http flushes the headers when the body is not in
+             * yet; hold them until a byte proves the member is answering. */
+            apr_brigade_cleanup(bb);
+            return APR_SUCCESS;
         }
         else {
             state->passed = 1;

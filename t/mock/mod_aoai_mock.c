@@ -25,7 +25,8 @@
  *   GET  /mock/stats     requests, statuses, SHA-256 of every body...
  *   POST /mock/control   JSON: force a status, a Retry-After form, a fault
  *                        (reset, close_after_headers, hang, stall_stream),
- *                        latency, quota, stream pacing, api key
+ *                        latency, quota, stream pacing, api key, or chaos:
+ *                        each request draws one of those at random
  *   POST /mock/reset     back to the configured behaviour, stats zeroed
  *
  * State lives in process memory under a mutex; the mock is run with one
@@ -43,6 +44,7 @@
 #include "apr_thread_mutex.h"
 #include "apr_portable.h"
 #include "apr_base64.h"
+#include "apr_hash.h"
 
 #include <sys/socket.h>
 #include <jansson.h>
@@ -70,6 +72,8 @@ typedef struct {
     int stream_delay_ms;
     const char *api_key;
     const char *bearer_token;
+    /* chaos: percent of requests answered each way, drawn per request */
+    int chaos_429, chaos_500, chaos_503, chaos_reset, chaos_close, chaos_hang;
 } mock_behaviour;
 
 typedef struct {
@@ -85,6 +89,8 @@ typedef struct {
     int window_tokens;
     apr_int64_t requests;
     apr_int64_t faults;            /* connections reset on purpose */
+    apr_int64_t hangs;             /* answers held past the caller's timeout */
+    apr_uint64_t random_state;
     apr_int64_t status_count[600];
     char body_hashes[HASH_RING][65];
     apr_int64_t body_count;
@@ -197,6 +203,9 @@ static void mock_child_init(apr_pool_t *p, server_rec *s)
         apr_thread_mutex_create(&m->mutex, APR_THREAD_MUTEX_DEFAULT, p);
         apr_pool_create(&m->pool, p);
         m->now = m->configured;
+        /* each member its own chaos sequence, the same on every run */
+        m->random_state = apr_hashfunc_default(m->name, &(apr_ssize_t){
+                                                   APR_HASH_KEY_STRING });
         strcpy(m->last_api_key_state, "none");
         strcpy(m->last_bearer_state, "none");
     }
@@ -500,7 +509,41 @@ static int inference(request_rec *r, mock_member *m)
             m->now.fault = "none";
         }
     }
-    if (b.force_status && m->now.force_count != 0) {
+    if (b.chaos_429 + b.chaos_500 + b.chaos_503 + b.chaos_reset
+        + b.chaos_close + b.chaos_hang > 0) {
+        static const char *const forms[] = { "azure", "ms", "seconds", "date",
+                                             "reset", "none", "garbage",
+                                             "huge" };
+        int draw, threshold = 0;
+        m->random_state = m->random_state * 6364136223846793005ULL
+                          + 1442695040888963407ULL;
+        draw = (int)((m->random_state >> 33) % 100);
+        if (draw < (threshold += b.chaos_429)) {
+            forced = 429;
+            b.retry_after_form = forms[(m->random_state >> 20) % 8];
+            b.retry_after_ms = 50 + (int)((m->random_state >> 40) % 450);
+        }
+        else if (draw < (threshold += b.chaos_500)) {
+            forced = 500;
+        }
+        else if (draw < (threshold += b.chaos_503)) {
+            forced = 503;
+        }
+        else if (draw < (threshold += b.chaos_reset)) {
+            fault_now = 1;
+            b.fault = "reset";
+        }
+        else if (draw < (threshold += b.chaos_close)) {
+            fault_now = 1;
+            b.fault = "close_after_headers";
+        }
+        else if (draw < (threshold += b.chaos_hang)) {
+            fault_now = 1;
+            b.fault = "hang";
+            m->hangs++;
+        }
+    }
+    else if (b.force_status && m->now.force_count != 0) {
         forced = b.force_status;
         if (m->now.force_count > 0 && --m->now.force_count == 0) {
             m->now.force_status = 0;
@@ -667,9 +710,10 @@ static int stats(request_rec *r, mock_member *m)
     for (i = first; i < m->body_count; i++) {
         json_array_append_new(hashes, json_string(m->body_hashes[i % HASH_RING]));
     }
-    doc = json_pack("{s:s,s:I,s:I,s:o,s:o,s:I,s:i,s:I,s:s,s:s,s:s,s:s,s:s}",
+    doc = json_pack("{s:s,s:I,s:I,s:I,s:o,s:o,s:I,s:i,s:I,s:s,s:s,s:s,s:s,s:s}",
                     "member", m->name, "requests", (json_int_t)m->requests,
                     "faults", (json_int_t)m->faults,
+                    "hangs", (json_int_t)m->hangs,
                     "status", statuses, "body_sha256", hashes,
                     "body_count", (json_int_t)m->body_count,
                     "streams_in_progress", m->streams_in_progress,
@@ -717,6 +761,7 @@ static int control(request_rec *r, mock_member *m, int reset)
         m->window_start = 0;
         m->window_requests = m->window_tokens = 0;
         m->requests = m->body_count = m->streams_completed = m->faults = 0;
+        m->hangs = 0;
         memset(m->status_count, 0, sizeof(m->status_count));
         strcpy(m->last_api_key_state, "none");
         strcpy(m->last_bearer_state, "none");
@@ -738,6 +783,12 @@ static int control(request_rec *r, mock_member *m, int reset)
         TAKE_INT(stream_delay_ms);
         TAKE_STR(api_key);
         TAKE_STR(bearer_token);
+        TAKE_INT(chaos_429);
+        TAKE_INT(chaos_500);
+        TAKE_INT(chaos_503);
+        TAKE_INT(chaos_reset);
+        TAKE_INT(chaos_close);
+        TAKE_INT(chaos_hang);
         if (!m->now.fault) {
             m->now.fault = "none";
         }
