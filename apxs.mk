@@ -12,6 +12,7 @@ APXS     ?= apxs
 WARNINGS  = -Wall -Wextra -Werror
 SOURCES   = mod_aoai_balancer.c modules/aoai_lbmethod.c modules/aoai_throttle.c \
             modules/aoai_ratelimit_headers.c modules/aoai_keyfile.c \
+            modules/aoai_window.c \
             modules/aoai_front_door.c \
             modules/aoai_failover.c
 HEADERS   = modules/aoai_balancer.h

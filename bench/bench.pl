@@ -241,6 +241,10 @@ sub scenario {
     for my $worker (1 .. 4) {
         my $pid = fork // die;
         if (!$pid) {
+            # independent clients: their starts spread over one interval
+            # (in lockstep, every call in flight when the quota runs out
+            # draws its own 429)
+            sleep $interval * ($worker - 1) / 4;
             open my $out, '>', "$results.$worker" or die;
             for my $i (1 .. $calls / 4) {
                 my $res = HTTP::Tiny->new(timeout => 30, keep_alive => 0)->request(

@@ -13,6 +13,7 @@
  *   aoai_front_door.c        subscription keys in, members' own credentials
  *                            out, no client secret forwarded or logged.
  *   aoai_keyfile.c           the subscription key file's parser.
+ *   aoai_window.c            a window's end: raise-only, lock-free, shared.
  *   aoai_failover.c          the handler that owns the attempt loop: keeps
  *                            the request body, replays it to each member,
  *                            catches failed answers in an output filter
@@ -143,6 +144,10 @@ const char *aoai_member_credential_parse(cmd_parms *cmd,
 apr_status_t aoai_apply_member_credential(request_rec *r,
                                           const aoai_dir_conf *conf,
                                           proxy_worker *worker);
+
+/* aoai_window.c */
+apr_time_t aoai_window_read(const volatile apr_uint64_t *end);
+int aoai_window_raise(volatile apr_uint64_t *end, apr_time_t until);
 
 /* aoai_throttle.c */
 apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,

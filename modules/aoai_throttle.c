@@ -273,28 +273,13 @@ aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
 
 apr_time_t aoai_throttle_until(const aoai_member_slot *slot)
 {
-    return slot ? (apr_time_t)apr_atomic_read64(
-                      (volatile apr_uint64_t *)&slot->throttle_until) : 0;
+    return slot ? aoai_window_read(&slot->throttle_until) : 0;
 }
 
 /* Returns 1 when this call moved the window's end. */
 int aoai_throttle_raise(aoai_member_slot *slot, apr_time_t until)
 {
-    apr_uint64_t seen;
-
-    if (!slot) {
-        return 0;
-    }
-    seen = apr_atomic_read64(&slot->throttle_until);
-    while (seen < (apr_uint64_t)until) {
-        apr_uint64_t before = apr_atomic_cas64(&slot->throttle_until,
-                                               (apr_uint64_t)until, seen);
-        if (before == seen) {
-            return 1;
-        }
-        seen = before;
-    }
-    return 0;
+    return slot ? aoai_window_raise(&slot->throttle_until, until) : 0;
 }
 
 /* A member that keeps sending an unusable header is logged once, not once
