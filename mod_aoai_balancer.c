@@ -213,23 +213,31 @@ static const char *set_max_body(cmd_parms *cmd, void *dconf, const char *arg)
     return NULL;
 }
 
+/* RFC 9110 token characters only: these names go on the wire. */
+static int is_header_name(const char *name)
+{
+    const char *p;
+    for (p = name; *p; p++) {
+        if (!apr_isalnum(*p) && !strchr("!#$%&'*+-.^_`|~", *p)) {
+            return 0;
+        }
+    }
+    return *name != '\0';
+}
+
 static const char *set_backend_header(cmd_parms *cmd, void *dconf,
                                       const char *arg)
 {
     aoai_dir_conf *conf = dconf;
-    const char *p;
 
     conf->backend_header_set = 1;
     if (!strcasecmp(arg, "off")) {
         conf->backend_header = NULL;
         return NULL;
     }
-    for (p = arg; *p; p++) {
-        /* RFC 9110 token characters only: the name goes on the wire. */
-        if (!apr_isalnum(*p) && !strchr("!#$%&'*+-.^_`|~", *p)) {
-            return apr_psprintf(cmd->pool, "AOAIBackendHeader: '%s' is not "
-                                "a valid header name (or Off)", arg);
-        }
+    if (!is_header_name(arg)) {
+        return apr_psprintf(cmd->pool, "AOAIBackendHeader: '%s' is not a "
+                            "valid header name (or Off)", arg);
     }
     conf->backend_header = arg;
     return NULL;
@@ -254,13 +262,10 @@ static const char *set_key_file(cmd_parms *cmd, void *dconf, const char *arg)
 static const char *set_key_header(cmd_parms *cmd, void *dconf, const char *arg)
 {
     aoai_dir_conf *conf = dconf;
-    const char *p;
 
-    for (p = arg; *p; p++) {
-        if (!apr_isalnum(*p) && !strchr("!#$%&'*+-.^_`|~", *p)) {
-            return apr_psprintf(cmd->pool, "AOAISubscriptionKeyHeader: '%s' "
-                                "is not a valid header name", arg);
-        }
+    if (!is_header_name(arg)) {
+        return apr_psprintf(cmd->pool, "AOAISubscriptionKeyHeader: '%s' is "
+                            "not a valid header name", arg);
     }
     conf->key_header = arg;
     conf->key_header_set = 1;
