@@ -249,6 +249,13 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
                 apr_hash_set(slot_by_worker, apr_pmemdup(pconf, &workers[j],
                                                          sizeof(workers[j])),
                              sizeof(workers[j]), slot);
+                /* The lbmethod looks at every member on every request: keep
+                 * the slot on the worker ("general purpose storage", unused
+                 * by stock modules for balancer members), unless another
+                 * module got there first. */
+                if (!workers[j]->context) {
+                    workers[j]->context = slot;
+                }
             }
         }
     }
@@ -262,6 +269,12 @@ aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
 
     if (!table) {
         return NULL;
+    }
+    /* Trusted only when it points into this generation's table. */
+    if ((apr_uintptr_t)worker->context >= (apr_uintptr_t)table->slots
+        && (apr_uintptr_t)worker->context
+           < (apr_uintptr_t)(table->slots + table->slot_count)) {
+        return worker->context;
     }
     slot = apr_hash_get(slot_by_worker, &worker, sizeof(worker));
     if (!slot) {
