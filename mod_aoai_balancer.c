@@ -405,8 +405,7 @@ static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
 /* Runs under `apachectl -t` too: a balancer that asks for lbmethod=aoai
  * without the modules that make a balancer work is a configuration error,
  * not a runtime surprise. */
-static int aoai_check_config(apr_pool_t *pconf, apr_pool_t *plog,
-                             apr_pool_t *ptemp, server_rec *s)
+static apr_status_t needs_modules(proxy_balancer *balancer, void *baton)
 {
     static const struct {
         const char *source;
@@ -415,37 +414,35 @@ static int aoai_check_config(apr_pool_t *pconf, apr_pool_t *plog,
         { "mod_proxy_balancer.c", "proxy_balancer_module (a2enmod proxy_balancer)" },
         { "mod_proxy_http.c", "proxy_http_module (a2enmod proxy_http)" },
     };
+    apr_size_t j;
+
+    for (j = 0; j < sizeof(needed) / sizeof(needed[0]); j++) {
+        if (!ap_find_linked_module(needed[j].source)) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0,
+                         (server_rec *)baton, APLOGNO(10903) "%s uses "
+                         "lbmethod=" AOAI_LBMETHOD_NAME ", which needs "
+                         "LoadModule %s", balancer->s->name, needed[j].load);
+            return APR_EGENERAL;
+        }
+    }
+    return APR_SUCCESS;
+}
+
+static int aoai_check_config(apr_pool_t *pconf, apr_pool_t *plog,
+                             apr_pool_t *ptemp, server_rec *s)
+{
     server_rec *vhost;
 
     (void)pconf;
     (void)plog;
     for (vhost = s; vhost; vhost = vhost->next) {
-        proxy_server_conf *proxy_conf =
-            ap_get_module_config(vhost->module_config, &proxy_module);
-        proxy_balancer *balancer = (proxy_balancer *)proxy_conf->balancers->elts;
-        int i;
-        apr_size_t j;
-
-        if (check_credential_routes(s, ptemp, proxy_conf) != OK) {
+        if (check_credential_routes(s, ptemp, ap_get_module_config(
+                vhost->module_config, &proxy_module)) != OK) {
             return !OK;
         }
-        for (i = 0; i < proxy_conf->balancers->nelts; i++, balancer++) {
-            if (balancer->lbmethod != &aoai_lbmethod) {
-                continue;
-            }
-            for (j = 0; j < sizeof(needed) / sizeof(needed[0]); j++) {
-                if (!ap_find_linked_module(needed[j].source)) {
-                    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0,
-                                 s, APLOGNO(10903) "%s uses lbmethod="
-                                 AOAI_LBMETHOD_NAME ", which needs "
-                                 "LoadModule %s", balancer->s->name,
-                                 needed[j].load);
-                    return !OK;
-                }
-            }
-        }
     }
-    return OK;
+    return aoai_for_each_balancer(s, needs_modules, s) == APR_SUCCESS
+           ? OK : !OK;
 }
 
 static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,

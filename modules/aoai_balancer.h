@@ -154,7 +154,6 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
                                        int table_slots);
 aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
                                      proxy_worker *worker);
-apr_time_t aoai_throttle_until(const aoai_member_slot *slot);
 int aoai_throttle_raise(aoai_member_slot *slot, apr_time_t until);
 int aoai_throttle_note_garbage(aoai_member_slot *slot, int garbage);
 int aoai_member_is_throttled(proxy_balancer *balancer, proxy_worker *worker,
@@ -163,6 +162,9 @@ apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now);
 
 /* aoai_lbmethod.c */
 extern const proxy_balancer_method aoai_lbmethod;
+typedef apr_status_t (aoai_balancer_fn)(proxy_balancer *balancer, void *baton);
+apr_status_t aoai_for_each_balancer(server_rec *s, aoai_balancer_fn *fn,
+                                    void *baton);
 int aoai_lbmethod_post_config(server_rec *s);
 int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
                              apr_time_t now);
@@ -170,6 +172,5 @@ int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
 /* aoai_failover.c */
 void aoai_failover_register_hooks(apr_pool_t *p);
 aoai_request_state *aoai_request_state_get(request_rec *r);
-int aoai_failover_on_status(const aoai_dir_conf *conf, int status);
 
 #endif /* AOAI_BALANCER_H */

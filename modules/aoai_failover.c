@@ -74,7 +74,7 @@ aoai_request_state *aoai_request_state_get(request_rec *r)
     return ap_get_module_config(r->request_config, &aoai_balancer_module);
 }
 
-int aoai_failover_on_status(const aoai_dir_conf *conf, int status)
+static int aoai_failover_on_status(const aoai_dir_conf *conf, int status)
 {
     int bit;
     if (status < 400 || status > 599) {

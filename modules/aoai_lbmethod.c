@@ -136,6 +136,30 @@ static apr_status_t age(proxy_balancer *balancer, server_rec *s)
     return APR_SUCCESS;
 }
 
+/* Calls fn for every balancer, of every virtual host, that uses
+ * lbmethod=aoai; stops at the first result other than APR_SUCCESS. */
+apr_status_t aoai_for_each_balancer(server_rec *s, aoai_balancer_fn *fn,
+                                    void *baton)
+{
+    for (; s; s = s->next) {
+        proxy_server_conf *proxy_conf =
+            ap_get_module_config(s->module_config, &proxy_module);
+        proxy_balancer *balancer = (proxy_balancer *)proxy_conf->balancers->elts;
+        int i;
+
+        for (i = 0; i < proxy_conf->balancers->nelts; i++, balancer++) {
+            apr_status_t rv;
+            if (balancer->lbmethod != &aoai_lbmethod) {
+                continue;
+            }
+            if ((rv = fn(balancer, baton)) != APR_SUCCESS) {
+                return rv;
+            }
+        }
+    }
+    return APR_SUCCESS;
+}
+
 int aoai_lbmethod_post_config(server_rec *s)
 {
     get_best_worker_fn = APR_RETRIEVE_OPTIONAL_FN(proxy_balancer_get_best_worker);

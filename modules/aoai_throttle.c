@@ -176,6 +176,35 @@ static int count_free(const aoai_throttle_table *t)
     return free_slots;
 }
 
+static apr_status_t count_members(proxy_balancer *balancer, void *baton)
+{
+    *(int *)baton += balancer->workers->nelts + balancer->growth;
+    return APR_SUCCESS;
+}
+
+static apr_status_t map_members(proxy_balancer *balancer, void *baton)
+{
+    apr_pool_t *pconf = baton;
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    int j;
+
+    for (j = 0; j < balancer->workers->nelts; j++) {
+        aoai_member_slot *slot = find_slot(table, balancer->s->name,
+                                           workers[j]->s->name_ex, 1);
+        apr_hash_set(slot_by_worker, apr_pmemdup(pconf, &workers[j],
+                                                 sizeof(workers[j])),
+                     sizeof(workers[j]), slot);
+        /* The lbmethod looks at every member on every request: keep the
+         * slot on the worker ("general purpose storage", unused by stock
+         * modules for balancer members), unless another module got there
+         * first. */
+        if (!workers[j]->context) {
+            workers[j]->context = slot;
+        }
+    }
+    return APR_SUCCESS;
+}
+
 /* Called in the parent once per generation, after mod_proxy_balancer has
  * set up its balancers.  Maps every member of every "aoai" balancer to its
  * slot, so the request path does a pointer lookup and no hashing. */
@@ -183,7 +212,6 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
                                        int table_slots)
 {
     aoai_retained *retained;
-    server_rec *vhost;
     int members = 0;
     apr_status_t rv;
 
@@ -194,17 +222,7 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
         memset(retained, 0, sizeof(*retained));
     }
 
-    for (vhost = s; vhost; vhost = vhost->next) {
-        proxy_server_conf *pconf_proxy =
-            ap_get_module_config(vhost->module_config, &proxy_module);
-        proxy_balancer *balancer = (proxy_balancer *)pconf_proxy->balancers->elts;
-        int i;
-        for (i = 0; i < pconf_proxy->balancers->nelts; i++, balancer++) {
-            if (balancer->lbmethod == &aoai_lbmethod) {
-                members += balancer->workers->nelts + balancer->growth;
-            }
-        }
-    }
+    aoai_for_each_balancer(s, count_members, &members);
 
     /* A resized table, or one whose free slots the new configuration
      * could exhaust (members removed over many restarts keep theirs). */
@@ -232,34 +250,7 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
                  "members", table->slot_count, sizeof(aoai_member_slot),
                  table_size(table->slot_count), members);
 
-    for (vhost = s; vhost; vhost = vhost->next) {
-        proxy_server_conf *pconf_proxy =
-            ap_get_module_config(vhost->module_config, &proxy_module);
-        proxy_balancer *balancer = (proxy_balancer *)pconf_proxy->balancers->elts;
-        int i, j;
-        for (i = 0; i < pconf_proxy->balancers->nelts; i++, balancer++) {
-            proxy_worker **workers;
-            if (balancer->lbmethod != &aoai_lbmethod) {
-                continue;
-            }
-            workers = (proxy_worker **)balancer->workers->elts;
-            for (j = 0; j < balancer->workers->nelts; j++) {
-                aoai_member_slot *slot = find_slot(table, balancer->s->name,
-                                                   workers[j]->s->name_ex, 1);
-                apr_hash_set(slot_by_worker, apr_pmemdup(pconf, &workers[j],
-                                                         sizeof(workers[j])),
-                             sizeof(workers[j]), slot);
-                /* The lbmethod looks at every member on every request: keep
-                 * the slot on the worker ("general purpose storage", unused
-                 * by stock modules for balancer members), unless another
-                 * module got there first. */
-                if (!workers[j]->context) {
-                    workers[j]->context = slot;
-                }
-            }
-        }
-    }
-    return APR_SUCCESS;
+    return aoai_for_each_balancer(s, map_members, pconf);
 }
 
 aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
@@ -284,7 +275,7 @@ aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
     return slot;
 }
 
-apr_time_t aoai_throttle_until(const aoai_member_slot *slot)
+static apr_time_t aoai_throttle_until(const aoai_member_slot *slot)
 {
     return slot ? aoai_window_read(&slot->throttle_until) : 0;
 }
