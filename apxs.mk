@@ -14,7 +14,8 @@ SOURCES   = mod_aoai_balancer.c modules/aoai_lbmethod.c modules/aoai_throttle.c 
             modules/aoai_ratelimit_headers.c modules/aoai_keyfile.c \
             modules/aoai_window.c \
             modules/aoai_front_door.c \
-            modules/aoai_failover.c
+            modules/aoai_failover.c \
+            modules/aoai_usage.c modules/aoai_status.c
 HEADERS   = modules/aoai_balancer.h
 MOCK_SRC  = t/mock/mod_aoai_mock.c
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g -O1
@@ -31,7 +32,7 @@ APXS_C    = $(APXS) -c $(foreach f,$(WARNINGS),-Wc,$(f)) -I. -Imodules
 all: .libs/mod_aoai_balancer.so
 
 .libs/mod_aoai_balancer.so: $(SOURCES) $(HEADERS) apxs.mk
-	$(APXS_C) -o mod_aoai_balancer.la $(SOURCES) -lcrypto
+	$(APXS_C) -o mod_aoai_balancer.la $(SOURCES) -ljansson -lcrypto
 
 # apxs puts objects beside their sources, so the sanitizer build gets a
 # tree of its own instead of sharing (and clobbering) the release objects.
@@ -43,7 +44,7 @@ build/sanitize/.libs/mod_aoai_balancer.so: $(SOURCES) $(HEADERS) apxs.mk
 	cp modules/*.c modules/*.h build/sanitize/modules/
 	cd build/sanitize && $(APXS) -c $(foreach f,$(WARNINGS) $(SAN_FLAGS),-Wc,$(f)) \
 	    -Wl,-fsanitize=address,undefined -I. -Imodules \
-	    -o mod_aoai_balancer.la $(SOURCES) -lcrypto
+	    -o mod_aoai_balancer.la $(SOURCES) -ljansson -lcrypto
 
 mock: t/mock/.libs/mod_aoai_mock.so
 

@@ -405,7 +405,8 @@ static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
 /* Runs under `apachectl -t` too: a balancer that asks for lbmethod=aoai
  * without the modules that make a balancer work is a configuration error,
  * not a runtime surprise. */
-static apr_status_t needs_modules(proxy_balancer *balancer, void *baton)
+static apr_status_t needs_modules(server_rec *s, proxy_balancer *balancer,
+                                  void *baton)
 {
     static const struct {
         const char *source;
@@ -416,10 +417,11 @@ static apr_status_t needs_modules(proxy_balancer *balancer, void *baton)
     };
     apr_size_t j;
 
+    (void)baton;
     for (j = 0; j < sizeof(needed) / sizeof(needed[0]); j++) {
         if (!ap_find_linked_module(needed[j].source)) {
             ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0,
-                         (server_rec *)baton, APLOGNO(10903) "%s uses "
+                         s, APLOGNO(10903) "%s uses "
                          "lbmethod=" AOAI_LBMETHOD_NAME ", which needs "
                          "LoadModule %s", balancer->s->name, needed[j].load);
             return APR_EGENERAL;
@@ -441,7 +443,7 @@ static int aoai_check_config(apr_pool_t *pconf, apr_pool_t *plog,
             return !OK;
         }
     }
-    return aoai_for_each_balancer(s, needs_modules, s) == APR_SUCCESS
+    return aoai_for_each_balancer(s, needs_modules, NULL) == APR_SUCCESS
            ? OK : !OK;
 }
 
@@ -478,6 +480,7 @@ static void register_hooks(apr_pool_t *p)
     ap_hook_post_config(aoai_post_config, after_balancer, NULL,
                         APR_HOOK_MIDDLE);
     aoai_failover_register_hooks(p);
+    aoai_status_register_hooks(p);
 }
 
 AP_DECLARE_MODULE(aoai_balancer) = {

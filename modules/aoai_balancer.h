@@ -18,6 +18,11 @@
  *                            the request body, replays it to each member,
  *                            catches failed answers in an output filter
  *                            before a byte reaches the client.
+ *   aoai_usage.c             the "usage" of an answer, JSON or SSE, read
+ *                            with jansson as the answer goes by.
+ *   aoai_status.c            what the balancer is doing, shown: the mark on
+ *                            the balancer-manager page, a server-status
+ *                            section, the aoai-balancer-status JSON handler.
  *   mod_aoai_balancer.c      directives, per-directory configuration, hooks.
  */
 
@@ -38,6 +43,10 @@
 #define AOAI_DEFAULT_MAX_BODY        ((apr_off_t)4 * 1024 * 1024)
 #define AOAI_DEFAULT_BACKEND_HEADER  "x-aoai-backend"
 #define AOAI_DEFAULT_TABLE_SLOTS     512
+
+/* Key labels longer than this are refused in the key file: the label is
+ * kept in shared memory with the tokens it used. */
+#define AOAI_LABEL_MAX 64
 
 /* Failure classes that can be named in AOAIFailoverOn besides statuses. */
 #define AOAI_FAIL_CONNECTION  0x1   /* refused, reset, closed before a response */
@@ -91,6 +100,45 @@ typedef struct {
  * process or thread may raise a window at any time. */
 typedef struct aoai_member_slot aoai_member_slot;
 
+/* Per-member counters in the shared record.  A subscription key's record
+ * for a member uses SERVED and the token counters. */
+typedef enum {
+    AOAI_COUNT_REQUESTS,          /* attempts sent to the member */
+    AOAI_COUNT_SERVED,            /* its answers that went on to the client */
+    AOAI_COUNT_THROTTLED,         /* 429s it answered */
+    AOAI_COUNT_FAILOVERS,         /* attempts on it that moved on to another */
+    AOAI_COUNT_LAST_WINDOW_MS,    /* the window its last 429 asked for */
+    AOAI_COUNT_PROMPT_TOKENS,
+    AOAI_COUNT_COMPLETION_TOKENS,
+    AOAI_COUNT_TOTAL_TOKENS,
+    AOAI_COUNTER_COUNT
+} aoai_counter;
+
+typedef struct {
+    apr_time_t throttle_until;
+    apr_time_t last_throttled;                  /* when its last 429 came */
+    apr_uint64_t counters[AOAI_COUNTER_COUNT];
+} aoai_member_stats;
+
+/* An answer's "usage" object. */
+typedef struct {
+    apr_int64_t prompt_tokens;
+    apr_int64_t completion_tokens;
+    apr_int64_t total_tokens;
+} aoai_usage;
+
+/* Watches an answer go by and keeps what is needed to read its usage:
+ * the whole JSON body (bounded), or only the current SSE line. */
+typedef struct {
+    int streaming;          /* text/event-stream */
+    int found;              /* usage holds an answer's figures */
+    int overflowed;         /* more than the bound: usage not read */
+    char *buffer;
+    apr_size_t length;
+    apr_size_t capacity;
+    aoai_usage usage;
+} aoai_usage_scan;
+
 /* What this request has done so far; read by the lbmethod so that a
  * failover never picks a member the request already tried. */
 typedef struct {
@@ -105,6 +153,8 @@ typedef struct {
     proxy_worker *worker;  /* member of the current attempt */
     proxy_balancer *balancer;
     const aoai_dir_conf *conf;
+    const char *key_label; /* the subscriber, when keys are checked */
+    aoai_usage_scan *usage; /* the served answer's usage, when readable */
 } aoai_request_state;
 
 /* aoai_ratelimit_headers.c */
@@ -145,6 +195,19 @@ apr_status_t aoai_apply_member_credential(request_rec *r,
                                           const aoai_dir_conf *conf,
                                           proxy_worker *worker);
 
+/* aoai_usage.c */
+int aoai_usage_from_json(const char *json, apr_size_t length,
+                         aoai_usage *usage);
+aoai_usage_scan *aoai_usage_scan_start(apr_pool_t *pool, int streaming);
+void aoai_usage_scan_feed(apr_pool_t *pool, aoai_usage_scan *scan,
+                          const char *data, apr_size_t length);
+int aoai_usage_scan_finish(aoai_usage_scan *scan);
+
+/* aoai_status.c */
+void aoai_status_register_hooks(apr_pool_t *p);
+void aoai_member_mark(proxy_worker *worker, aoai_member_slot *slot,
+                      apr_time_t now);
+
 /* aoai_window.c */
 apr_time_t aoai_window_read(const volatile apr_uint64_t *end);
 int aoai_window_raise(volatile apr_uint64_t *end, apr_time_t until);
@@ -154,7 +217,23 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
                                        int table_slots);
 aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
                                      proxy_worker *worker);
+apr_time_t aoai_throttle_until(const aoai_member_slot *slot);
 int aoai_throttle_raise(aoai_member_slot *slot, apr_time_t until);
+void aoai_member_count(aoai_member_slot *slot, aoai_counter counter,
+                       apr_uint64_t n);
+void aoai_member_note_window(aoai_member_slot *slot, apr_time_t now,
+                             apr_interval_time_t window);
+void aoai_member_note_served(request_rec *r, proxy_balancer *balancer,
+                             proxy_worker *worker, const char *key_label,
+                             const aoai_usage *usage);
+int aoai_member_stats_read(const aoai_member_slot *slot,
+                           aoai_member_stats *stats);
+typedef void (aoai_key_stats_fn)(const char *label,
+                                 const aoai_member_stats *stats, void *baton);
+void aoai_key_stats_each(const aoai_member_slot *member,
+                         aoai_key_stats_fn *fn, void *baton);
+apr_uint64_t aoai_mark_get(const aoai_member_slot *slot);
+void aoai_mark_set(aoai_member_slot *slot, apr_time_t error_time);
 int aoai_throttle_note_garbage(aoai_member_slot *slot, int garbage);
 int aoai_member_is_throttled(proxy_balancer *balancer, proxy_worker *worker,
                              apr_time_t now);
@@ -162,7 +241,8 @@ apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now);
 
 /* aoai_lbmethod.c */
 extern const proxy_balancer_method aoai_lbmethod;
-typedef apr_status_t (aoai_balancer_fn)(proxy_balancer *balancer, void *baton);
+typedef apr_status_t (aoai_balancer_fn)(server_rec *s, proxy_balancer *balancer,
+                                       void *baton);
 apr_status_t aoai_for_each_balancer(server_rec *s, aoai_balancer_fn *fn,
                                     void *baton);
 int aoai_lbmethod_post_config(server_rec *s);

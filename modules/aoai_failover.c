@@ -317,6 +317,10 @@ static void record_throttle(request_rec *r, aoai_request_state *state)
         window = conf->throttle_max;
     }
     aoai_throttle_raise(slot, now + window);
+    if (r->status == HTTP_TOO_MANY_REQUESTS) {
+        aoai_member_note_window(slot, now, window);
+    }
+    aoai_member_mark(state->worker, slot, now);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10921)
                   "%s: member %s answered %d; throttled for %" APR_TIME_T_FMT
                   " ms", state->balancer->s->name,
@@ -346,11 +350,58 @@ static aoai_brigade_verdict brigade_verdict(apr_bucket_brigade *bb)
     return AOAI_BRIGADE_EMPTY;
 }
 
+/* Answers whose usage can be read: a 2xx JSON body or SSE stream, not
+ * compressed (the member compresses only when the client asked). */
+static aoai_usage_scan *usage_scan_for(request_rec *r)
+{
+    const char *type = r->content_type;
+    const char *encoding = apr_table_get(r->headers_out, "Content-Encoding");
+
+    if (!ap_is_HTTP_SUCCESS(r->status) || !type
+        || (encoding && ap_cstr_casecmp(encoding, "identity"))) {
+        return NULL;
+    }
+    if (!ap_cstr_casecmpn(type, "application/json", 16)) {
+        return aoai_usage_scan_start(r->pool, 0);
+    }
+    if (!ap_cstr_casecmpn(type, "text/event-stream", 17)) {
+        return aoai_usage_scan_start(r->pool, 1);
+    }
+    return NULL;
+}
+
+/* A copy of the answer's bytes for the usage scanner; the brigade itself
+ * goes on to the client untouched. */
+static void read_usage(request_rec *r, aoai_usage_scan *scan,
+                       apr_bucket_brigade *bb)
+{
+    apr_bucket *b;
+
+    for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb);
+         b = APR_BUCKET_NEXT(b)) {
+        const char *data;
+        apr_size_t length;
+
+        if (APR_BUCKET_IS_METADATA(b)) {
+            continue;
+        }
+        if (apr_bucket_read(b, &data, &length, APR_BLOCK_READ)
+            != APR_SUCCESS) {
+            return;
+        }
+        aoai_usage_scan_feed(r->pool, scan, data, length);
+    }
+}
+
 static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
 {
     request_rec *r = f->r;
     aoai_request_state *state = aoai_request_state_get(r);
 
+    if (state && state->passed && state->usage) {
+        read_usage(r, state->usage, bb);
+        return ap_pass_brigade(f->next, bb);
+    }
     if (!state || !state->in_attempt || state->passed) {
         ap_remove_output_filter(f);
         return ap_pass_brigade(f->next, bb);
@@ -381,7 +432,12 @@ static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
                 apr_table_setn(r->headers_out, state->conf->backend_header,
                                member_label(state->worker));
             }
-            ap_remove_output_filter(f);
+            state->usage = usage_scan_for(r);
+            if (!state->usage) {
+                ap_remove_output_filter(f);
+                return ap_pass_brigade(f->next, bb);
+            }
+            read_usage(r, state->usage, bb);
             return ap_pass_brigade(f->next, bb);
         }
     }
@@ -509,6 +565,39 @@ static void note_result(request_rec *r, aoai_request_state *state,
     }
 }
 
+/* The served answer is complete: its member and subscriber are counted,
+ * and its tokens, when they could be read, go to the access log too. */
+static void note_served(request_rec *r, aoai_request_state *state)
+{
+    static const struct {
+        const char *env;
+        const char *note;
+    } names[] = {
+        { "AOAI_PROMPT_TOKENS", "aoai-prompt-tokens" },
+        { "AOAI_COMPLETION_TOKENS", "aoai-completion-tokens" },
+        { "AOAI_TOTAL_TOKENS", "aoai-total-tokens" },
+    };
+    const aoai_usage *usage = NULL;
+
+    if (state->usage && aoai_usage_scan_finish(state->usage)) {
+        apr_int64_t counts[3];
+        apr_size_t i;
+
+        usage = &state->usage->usage;
+        counts[0] = usage->prompt_tokens;
+        counts[1] = usage->completion_tokens;
+        counts[2] = usage->total_tokens;
+        for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            const char *value = apr_psprintf(r->pool, "%" APR_INT64_T_FMT,
+                                             counts[i]);
+            apr_table_setn(r->subprocess_env, names[i].env, value);
+            apr_table_setn(r->notes, names[i].note, value);
+        }
+    }
+    aoai_member_note_served(r, state->balancer, state->worker,
+                            state->key_label, usage);
+}
+
 /* Nobody is left: the client learns when to come back. */
 static int send_exhausted(request_rec *r, aoai_request_state *state,
                           int last_failure_status)
@@ -603,6 +692,7 @@ static int aoai_proxy_handler(request_rec *r)
         }
         apr_table_setn(r->subprocess_env, "AOAI_KEY_LABEL", label);
         apr_table_setn(r->notes, "aoai-key-label", label);
+        state->key_label = label;
     }
     if (conf->keys || conf->credentials) {
         aoai_scrub_client_key(r, conf, &uri);
@@ -652,11 +742,15 @@ static int aoai_proxy_handler(request_rec *r)
 
         APR_ARRAY_PUSH(state->tried, proxy_worker *) = worker;
         state->attempts++;
+        aoai_member_count(aoai_throttle_slot(balancer, worker),
+                          AOAI_COUNT_REQUESTS, 1);
         if ((conf->keys || conf->credentials)
             && aoai_apply_member_credential(r, conf, worker) != APR_SUCCESS) {
             /* Without its credential the member would only say 401. */
             post_request_as(r, worker, attempt_balancer, proxy_conf,
                             HTTP_SERVICE_UNAVAILABLE);
+            aoai_member_count(aoai_throttle_slot(balancer, worker),
+                              AOAI_COUNT_FAILOVERS, 1);
             last_failure_status = HTTP_SERVICE_UNAVAILABLE;
             continue;
         }
@@ -702,6 +796,9 @@ static int aoai_proxy_handler(request_rec *r)
                 access_status = HTTP_INTERNAL_SERVER_ERROR;
             }
             note_result(r, state, state->passed ? member_label(worker) : NULL);
+            if (state->passed) {
+                note_served(r, state);
+            }
             break;
         }
         if (outcome != AOAI_OUTCOME_ANSWERED
@@ -721,6 +818,8 @@ static int aoai_proxy_handler(request_rec *r)
                               ? state->answered_status
                               : (outcome == AOAI_OUTCOME_TIMEOUT)
                                 ? HTTP_GATEWAY_TIME_OUT : HTTP_BAD_GATEWAY;
+        aoai_member_count(aoai_throttle_slot(balancer, worker),
+                          AOAI_COUNT_FAILOVERS, 1);
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10926)
                       "%s: member %s failed (%s%d); trying the next member",
                       balancer->s->name, member_label(worker),

@@ -78,6 +78,13 @@ const char *aoai_keys_load(apr_pool_t *pool, const char *path,
                                 "label is letters, digits and - _ . @",
                                 path, line_number);
         }
+        if (label_end - p > AOAI_LABEL_MAX) {
+            apr_file_close(file);
+            return apr_psprintf(pool, "%s:%d: a label is at most %d "
+                                "characters (it is kept in shared memory "
+                                "with its tokens)", path, line_number,
+                                AOAI_LABEL_MAX);
+        }
         digest_start = label_end;
         while (apr_isspace(*digest_start)) {
             digest_start++;

@@ -32,6 +32,8 @@ typedef struct {
     proxy_balancer *balancer;
     aoai_request_state *state;   /* NULL when the module's handler is not
                                   * driving the request */
+    unsigned char *parked;       /* by worker->s->index: in a window now */
+    int parked_size;
     apr_time_t now;
     int total_factor;
 } aoai_pick;
@@ -47,18 +49,52 @@ static int already_in(const apr_array_header_t *workers, proxy_worker *worker)
     return 0;
 }
 
-/* Whether the member sits inside a throttle window; if so the request
- * remembers it skipped it, for the access log. */
-static int throttled(proxy_balancer *balancer, proxy_worker *worker,
-                     aoai_request_state *state, apr_time_t now)
+static void note_skipped(aoai_request_state *state, proxy_worker *worker)
 {
-    if (!aoai_member_is_throttled(balancer, worker, now)) {
-        return 0;
-    }
-    if (state && !already_in(state->skipped_throttled, worker)) {
+    if (!already_in(state->skipped_throttled, worker)) {
         APR_ARRAY_PUSH(state->skipped_throttled, proxy_worker *) = worker;
     }
-    return 1;
+}
+
+/* One read of every member's window per pick.  A parked member is marked
+ * for the balancer-manager page here, which also takes it out of the stock
+ * walk (it is in error until its window ends); the walk would never show it
+ * to is_best_aoai, so the request notes it as skipped here too. */
+static void read_windows(aoai_pick *pick, apr_pool_t *pool)
+{
+    apr_time_t now = pick->now;
+    proxy_balancer *balancer = pick->balancer;
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    int i;
+
+    pick->parked_size = balancer->max_workers > balancer->workers->nelts
+                        ? balancer->max_workers : balancer->workers->nelts;
+    pick->parked = apr_pcalloc(pool, pick->parked_size);
+    for (i = 0; i < balancer->workers->nelts; i++) {
+        proxy_worker *worker = workers[i];
+        aoai_member_slot *slot = aoai_throttle_slot(balancer, worker);
+
+        if (now < aoai_throttle_until(slot)) {
+            if (worker->s->index >= 0
+                && worker->s->index < pick->parked_size) {
+                pick->parked[worker->s->index] = 1;
+            }
+            /* One this request tried, then saw throttled, was not
+             * skipped. */
+            if (pick->state && !already_in(pick->state->tried, worker)) {
+                note_skipped(pick->state, worker);
+            }
+            aoai_member_mark(worker, slot, now);
+        }
+    }
+}
+
+static int is_parked(aoai_pick *pick, proxy_worker *worker)
+{
+    if (worker->s->index >= 0 && worker->s->index < pick->parked_size) {
+        return pick->parked[worker->s->index];
+    }
+    return aoai_member_is_throttled(pick->balancer, worker, pick->now);
 }
 
 static int is_best_aoai(proxy_worker *current, proxy_worker *prev_best,
@@ -69,7 +105,9 @@ static int is_best_aoai(proxy_worker *current, proxy_worker *prev_best,
     if (pick->state && already_in(pick->state->tried, current)) {
         return 0;
     }
-    if (throttled(pick->balancer, current, pick->state, pick->now)) {
+    /* Members that ignore errors are never marked, so the walk offers
+     * them even inside their window. */
+    if (is_parked(pick, current)) {
         return 0;
     }
 
@@ -88,6 +126,7 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
     pick.state = aoai_request_state_get(r);
     pick.now = apr_time_now();
     pick.total_factor = 0;
+    read_windows(&pick, r->pool);
 
     worker = get_best_worker_fn(balancer, r, is_best_aoai, &pick);
     if (worker) {
@@ -114,7 +153,11 @@ int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
     if (already_in(state->tried, worker)) {
         return 0;
     }
-    return !throttled(state->balancer, worker, state, now);
+    if (aoai_member_is_throttled(state->balancer, worker, now)) {
+        note_skipped(state, worker);
+        return 0;
+    }
+    return 1;
 }
 
 static apr_status_t reset(proxy_balancer *balancer, server_rec *s)
@@ -152,7 +195,7 @@ apr_status_t aoai_for_each_balancer(server_rec *s, aoai_balancer_fn *fn,
             if (balancer->lbmethod != &aoai_lbmethod) {
                 continue;
             }
-            if ((rv = fn(balancer, baton)) != APR_SUCCESS) {
+            if ((rv = fn(s, balancer, baton)) != APR_SUCCESS) {
                 return rv;
             }
         }

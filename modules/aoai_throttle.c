@@ -18,6 +18,13 @@
  * throttle_until only ever moves forward (apr_atomic_cas64 loop): two
  * children that see 429s with different Retry-After values at once end with
  * the later window, never the earlier one.
+ *
+ * The same slot carries the member's counters (requests, 429s, failovers,
+ * tokens), each a 64-bit word changed only by apr_atomic_add64, so no
+ * increment from any child is lost and a reader never sees half a word.
+ * A subscription key's tokens on a member get a slot of their own, keyed
+ * by balancer, member and label, claimed the first time that key is
+ * served there.
  */
 
 #include "aoai_balancer.h"
@@ -36,12 +43,23 @@ APLOG_USE_MODULE(aoai_balancer);
 #define AOAI_SLOT_NAME_SIZE 256
 #define AOAI_RETAINED_KEY "mod_aoai_balancer-throttle-table"
 
+typedef enum {
+    AOAI_SLOT_FILLING = 0,  /* claimed, its names not written yet */
+    AOAI_SLOT_MEMBER,
+    AOAI_SLOT_KEY           /* one subscription key's use of one member */
+} aoai_slot_kind;
+
 struct aoai_member_slot {
     volatile apr_uint64_t key;            /* 0 while the slot is free */
     volatile apr_uint64_t throttle_until; /* apr_time_t; raise-only */
     volatile apr_uint32_t garbage_logged; /* 1 after a bad header was logged */
-    apr_uint32_t reserved;
+    volatile apr_uint32_t kind;           /* aoai_slot_kind */
+    volatile apr_uint64_t member_key;     /* AOAI_SLOT_KEY: its member's key */
+    volatile apr_uint64_t mark_error_time;/* see aoai_member_mark() */
+    volatile apr_uint64_t last_throttled; /* apr_time_t of the last 429 */
+    volatile apr_uint64_t counters[AOAI_COUNTER_COUNT];
     char name[AOAI_SLOT_NAME_SIZE];       /* "balancer|member", for people */
+    char label[AOAI_LABEL_MAX + 1];       /* AOAI_SLOT_KEY: the key's label */
 };
 
 typedef struct {
@@ -60,28 +78,36 @@ typedef struct {
 static aoai_throttle_table *table;
 static apr_hash_t *slot_by_worker;
 
-static apr_uint64_t member_key(const char *balancer_name,
-                               const char *member_name)
+static apr_uint64_t fnv1a(apr_uint64_t hash, const char *text)
 {
-    /* FNV-1a, 64 bit, over "balancer\0member" */
-    apr_uint64_t hash = APR_UINT64_C(14695981039346656037);
     const unsigned char *p;
-
-    for (p = (const unsigned char *)balancer_name; *p; p++) {
+    for (p = (const unsigned char *)text; *p; p++) {
         hash = (hash ^ *p) * APR_UINT64_C(1099511628211);
     }
-    hash = hash * APR_UINT64_C(1099511628211);
-    for (p = (const unsigned char *)member_name; *p; p++) {
-        hash = (hash ^ *p) * APR_UINT64_C(1099511628211);
+    /* and the terminating NUL, so that "ab"+"c" is not "a"+"bc" */
+    return hash * APR_UINT64_C(1099511628211);
+}
+
+/* FNV-1a, 64 bit, over "balancer\0member\0" and, for a subscription key's
+ * slot, "label\0". */
+static apr_uint64_t slot_key(const char *balancer_name,
+                             const char *member_name, const char *label)
+{
+    apr_uint64_t hash = fnv1a(APR_UINT64_C(14695981039346656037),
+                              balancer_name);
+    hash = fnv1a(hash, member_name);
+    if (label) {
+        hash = fnv1a(hash, label);
     }
     return hash ? hash : 1;
 }
 
 static aoai_member_slot *find_slot(aoai_throttle_table *t,
                                    const char *balancer_name,
-                                   const char *member_name, int claim)
+                                   const char *member_name,
+                                   const char *label, int claim)
 {
-    apr_uint64_t key = member_key(balancer_name, member_name);
+    apr_uint64_t key = slot_key(balancer_name, member_name, label);
     apr_uint32_t index = (apr_uint32_t)(key % t->slot_count);
     apr_uint32_t probes;
 
@@ -100,6 +126,14 @@ static aoai_member_slot *find_slot(aoai_throttle_table *t,
             if (seen == 0) {
                 apr_snprintf(slot->name, sizeof(slot->name), "%s|%s",
                               balancer_name, member_name);
+                if (label) {
+                    apr_cpystrn(slot->label, label, sizeof(slot->label));
+                    slot->member_key = slot_key(balancer_name, member_name,
+                                                NULL);
+                }
+                /* Readers of the whole table skip a slot until this. */
+                apr_atomic_set32(&slot->kind, label ? AOAI_SLOT_KEY
+                                                    : AOAI_SLOT_MEMBER);
                 return slot;
             }
             if (seen == key) {
@@ -154,9 +188,14 @@ static apr_status_t create_table(apr_pool_t *pool, int slot_count,
                 continue;
             }
             *bar = '\0';
-            moved = find_slot(fresh, name, bar + 1, 1);
+            moved = find_slot(fresh, name, bar + 1,
+                              old->kind == AOAI_SLOT_KEY ? old->label : NULL,
+                              1);
             if (moved) {
                 moved->throttle_until = old->throttle_until;
+                moved->last_throttled = old->last_throttled;
+                memcpy((void *)moved->counters, (const void *)old->counters,
+                       sizeof(moved->counters));
             }
         }
         apr_shm_destroy(retained->shm);
@@ -176,21 +215,25 @@ static int count_free(const aoai_throttle_table *t)
     return free_slots;
 }
 
-static apr_status_t count_members(proxy_balancer *balancer, void *baton)
+static apr_status_t count_members(server_rec *s, proxy_balancer *balancer,
+                                  void *baton)
 {
+    (void)s;
     *(int *)baton += balancer->workers->nelts + balancer->growth;
     return APR_SUCCESS;
 }
 
-static apr_status_t map_members(proxy_balancer *balancer, void *baton)
+static apr_status_t map_members(server_rec *s, proxy_balancer *balancer,
+                                void *baton)
 {
     apr_pool_t *pconf = baton;
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
     int j;
 
+    (void)s;
     for (j = 0; j < balancer->workers->nelts; j++) {
         aoai_member_slot *slot = find_slot(table, balancer->s->name,
-                                           workers[j]->s->name_ex, 1);
+                                           workers[j]->s->name_ex, NULL, 1);
         apr_hash_set(slot_by_worker, apr_pmemdup(pconf, &workers[j],
                                                  sizeof(workers[j])),
                      sizeof(workers[j]), slot);
@@ -270,12 +313,13 @@ aoai_member_slot *aoai_throttle_slot(proxy_balancer *balancer,
     slot = apr_hash_get(slot_by_worker, &worker, sizeof(worker));
     if (!slot) {
         /* Added after start-up, through the BalancerManager. */
-        slot = find_slot(table, balancer->s->name, worker->s->name_ex, 1);
+        slot = find_slot(table, balancer->s->name, worker->s->name_ex,
+                         NULL, 1);
     }
     return slot;
 }
 
-static apr_time_t aoai_throttle_until(const aoai_member_slot *slot)
+apr_time_t aoai_throttle_until(const aoai_member_slot *slot)
 {
     return slot ? aoai_window_read(&slot->throttle_until) : 0;
 }
@@ -284,6 +328,133 @@ static apr_time_t aoai_throttle_until(const aoai_member_slot *slot)
 int aoai_throttle_raise(aoai_member_slot *slot, apr_time_t until)
 {
     return slot ? aoai_window_raise(&slot->throttle_until, until) : 0;
+}
+
+void aoai_member_count(aoai_member_slot *slot, aoai_counter counter,
+                       apr_uint64_t n)
+{
+    if (slot && n) {
+        apr_atomic_add64(&slot->counters[counter], n);
+    }
+}
+
+/* A 429: counted, and what it asked for kept for the status pages. */
+void aoai_member_note_window(aoai_member_slot *slot, apr_time_t now,
+                             apr_interval_time_t window)
+{
+    if (!slot) {
+        return;
+    }
+    apr_atomic_inc64(&slot->counters[AOAI_COUNT_THROTTLED]);
+    apr_atomic_set64(&slot->counters[AOAI_COUNT_LAST_WINDOW_MS],
+                     (apr_uint64_t)apr_time_as_msec(window));
+    apr_atomic_set64(&slot->last_throttled, (apr_uint64_t)now);
+}
+
+static void add_served(aoai_member_slot *slot, const aoai_usage *usage)
+{
+    apr_atomic_inc64(&slot->counters[AOAI_COUNT_SERVED]);
+    if (usage) {
+        apr_atomic_add64(&slot->counters[AOAI_COUNT_PROMPT_TOKENS],
+                         (apr_uint64_t)usage->prompt_tokens);
+        apr_atomic_add64(&slot->counters[AOAI_COUNT_COMPLETION_TOKENS],
+                         (apr_uint64_t)usage->completion_tokens);
+        apr_atomic_add64(&slot->counters[AOAI_COUNT_TOTAL_TOKENS],
+                         (apr_uint64_t)usage->total_tokens);
+    }
+}
+
+/* An answer went to the client: counted on the member and, when keys are
+ * checked, on the subscriber's record for that member, with its tokens
+ * when the answer's usage could be read. */
+void aoai_member_note_served(request_rec *r, proxy_balancer *balancer,
+                             proxy_worker *worker, const char *key_label,
+                             const aoai_usage *usage)
+{
+    static int table_full_logged;   /* once per process is plenty */
+    aoai_member_slot *slot = aoai_throttle_slot(balancer, worker);
+    aoai_member_slot *key_slot;
+
+    if (!slot) {
+        return;
+    }
+    add_served(slot, usage);
+    if (!key_label) {
+        return;
+    }
+    key_slot = find_slot(table, balancer->s->name, worker->s->name_ex,
+                         key_label, 1);
+    if (key_slot) {
+        add_served(key_slot, usage);
+    }
+    else if (!table_full_logged) {
+        table_full_logged = 1;
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, APLOGNO(10931)
+                      "the shared table has no free slot for subscription "
+                      "key %s on member %s: its tokens count on the member "
+                      "only; raise AOAIThrottleTableSize", key_label,
+                      worker->s->name_ex);
+    }
+}
+
+static void read_stats(const aoai_member_slot *slot, aoai_member_stats *stats)
+{
+    int i;
+
+    stats->throttle_until = aoai_window_read(&slot->throttle_until);
+    stats->last_throttled = (apr_time_t)apr_atomic_read64(
+        (volatile apr_uint64_t *)&slot->last_throttled);
+    for (i = 0; i < AOAI_COUNTER_COUNT; i++) {
+        stats->counters[i] = apr_atomic_read64(
+            (volatile apr_uint64_t *)&slot->counters[i]);
+    }
+}
+
+int aoai_member_stats_read(const aoai_member_slot *slot,
+                           aoai_member_stats *stats)
+{
+    memset(stats, 0, sizeof(*stats));
+    if (!slot) {
+        return 0;
+    }
+    read_stats(slot, stats);
+    return 1;
+}
+
+/* Every subscription key that has been served by this member. */
+void aoai_key_stats_each(const aoai_member_slot *member,
+                         aoai_key_stats_fn *fn, void *baton)
+{
+    apr_uint32_t i;
+
+    if (!member || !table) {
+        return;
+    }
+    for (i = 0; i < table->slot_count; i++) {
+        const aoai_member_slot *slot = &table->slots[i];
+        aoai_member_stats stats;
+
+        if (apr_atomic_read32((volatile apr_uint32_t *)&slot->kind)
+                != AOAI_SLOT_KEY
+            || slot->member_key != member->key) {
+            continue;
+        }
+        read_stats(slot, &stats);
+        fn(slot->label, &stats, baton);
+    }
+}
+
+apr_uint64_t aoai_mark_get(const aoai_member_slot *slot)
+{
+    return slot ? apr_atomic_read64((volatile apr_uint64_t *)
+                                    &slot->mark_error_time) : 0;
+}
+
+void aoai_mark_set(aoai_member_slot *slot, apr_time_t error_time)
+{
+    if (slot) {
+        apr_atomic_set64(&slot->mark_error_time, (apr_uint64_t)error_time);
+    }
 }
 
 /* A member that keeps sending an unusable header is logged once, not once

@@ -119,7 +119,7 @@ LogLevel $o{loglevel}
 ${user}${listen}KeepAlive On
 Timeout 30
 EOF
-LogFormat "%h %t \\"%r\\" %>s pid=%P backend=%{AOAI_BACKEND}e attempts=%{AOAI_ATTEMPTS}e skipped=%{AOAI_THROTTLED_SKIPPED}e key=%{AOAI_KEY_LABEL}e" aoai
+LogFormat "%h %t \\"%r\\" %>s pid=%P backend=%{AOAI_BACKEND}e attempts=%{AOAI_ATTEMPTS}e skipped=%{AOAI_THROTTLED_SKIPPED}e key=%{AOAI_KEY_LABEL}e tokens=%{AOAI_PROMPT_TOKENS}e/%{AOAI_COMPLETION_TOKENS}e/%{AOAI_TOTAL_TOKENS}e" aoai
 CustomLog "$dir/access_log" aoai
 LogFormat "%h %l %u %t \\"%r\\" %>s %O \\"%{Referer}i\\" \\"%{User-Agent}i\\"" combined
 CustomLog "$dir/combined_log" combined
@@ -354,6 +354,8 @@ sub chat_body {
         ],
         ($o{stream} ? (stream => JSON::PP::true) : ()),
         ($o{max_tokens} ? (max_tokens => $o{max_tokens}) : ()),
+        ($o{include_usage}
+            ? (stream_options => { include_usage => JSON::PP::true }) : ()),
     };
     return $JSON->encode($body);
 }
@@ -453,9 +455,11 @@ sub access_log_records {
     my $read = sub {
         @records = ();
         for my $line ($server->access_log_lines) {
-            next unless $line =~ /" (\d+) pid=(\d+) backend=(\S+) attempts=(\S+) skipped=(\S+) key=(\S+)/;
+            next unless $line =~ /" (\d+) pid=(\d+) backend=(\S+) attempts=(\S+) skipped=(\S+) key=(\S+) tokens=(\S+)\/(\S+)\/(\S+)/;
             push @records, { status => $1, pid => $2, backend => $3,
-                             attempts => $4, skipped => $5, key => $6 };
+                             attempts => $4, skipped => $5, key => $6,
+                             prompt_tokens => $7, completion_tokens => $8,
+                             total_tokens => $9 };
         }
         return @records >= $expected;
     };

@@ -1,0 +1,501 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * What the balancer is doing, where an httpd admin already looks.
+ *
+ * balancer-manager.  The stock page has no hook for other modules; what it
+ * does render is each member's status flags.  So a member inside a throttle
+ * window is put in error ("Err" on the page) with its error_time set to
+ * the window's end minus the member's retry interval: mod_proxy's own retry
+ * logic then takes the member back exactly when the window ends, hot
+ * spares stand in for it meanwhile, and the page needs no patch.  The
+ * module remembers the error_time it wrote, so it only ever clears a mark
+ * it made, never an error mod_proxy found itself.  Marks are brought up to
+ * date whenever a request is balanced and whenever one of these pages is
+ * drawn, so the page is right even when no traffic flows.  Members with
+ * status I (ignore errors) are not marked: stock would clear it at once.
+ *
+ * server-status.  With ExtendedStatus On, a section per aoai balancer; the
+ * ?auto form has one "AOAIMember:" line per member and one
+ * "AOAIKeyTokens:" line per subscription key and member.
+ *
+ * aoai-balancer-status.  The same figures as JSON (jansson), for scripts:
+ *     <Location "/aoai-status">
+ *         SetHandler aoai-balancer-status
+ *         Require ip 127.0.0.1
+ *     </Location>
+ */
+
+#include "aoai_balancer.h"
+
+#include "apr_strings.h"
+#include "apr_optional_hooks.h"
+
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "mod_status.h"
+
+#include <jansson.h>
+
+APLOG_USE_MODULE(aoai_balancer);
+
+#define STATUS_HANDLER "aoai-balancer-status"
+
+void aoai_member_mark(proxy_worker *worker, aoai_member_slot *slot,
+                      apr_time_t now)
+{
+    apr_time_t until = aoai_throttle_until(slot);
+    apr_time_t marked = (apr_time_t)aoai_mark_get(slot);
+    int ours = marked && worker->s->error_time == marked;
+
+    if (!slot || (worker->s->status & PROXY_WORKER_IGNORE_ERRORS)) {
+        return;
+    }
+    if (now < until) {
+        apr_time_t error_time = until - worker->s->retry;
+
+        if (!(worker->s->status & PROXY_WORKER_IN_ERROR)) {
+            worker->s->error_time = error_time;
+            worker->s->status |= PROXY_WORKER_IN_ERROR;
+            aoai_mark_set(slot, error_time);
+        }
+        else if (ours && marked != error_time) {
+            /* A later 429 made the window longer. */
+            worker->s->error_time = error_time;
+            aoai_mark_set(slot, error_time);
+        }
+    }
+    else if (marked) {
+        if (ours && (worker->s->status & PROXY_WORKER_IN_ERROR)) {
+            worker->s->status &= ~PROXY_WORKER_IN_ERROR;
+        }
+        aoai_mark_set(slot, 0);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* One snapshot, three renderings                                      */
+
+typedef struct {
+    const char *label;
+    aoai_member_stats stats;
+} aoai_key_view;
+
+typedef struct {
+    proxy_balancer *balancer;
+    proxy_worker *worker;
+    const char *state;
+    aoai_member_stats stats;
+    apr_array_header_t *keys;      /* aoai_key_view */
+} aoai_member_view;
+
+typedef struct {
+    apr_pool_t *pool;
+    apr_time_t now;
+    apr_array_header_t *members;   /* aoai_member_view */
+} aoai_snapshot;
+
+static const char *member_state(const proxy_worker *worker, apr_time_t now,
+                                const aoai_member_stats *stats)
+{
+    unsigned int status = worker->s->status;
+
+    if (status & PROXY_WORKER_STOPPED) {
+        return "stopped";
+    }
+    if (status & PROXY_WORKER_DISABLED) {
+        return "disabled";
+    }
+    if (now < stats->throttle_until) {
+        return "throttled";
+    }
+    if (status & (PROXY_WORKER_IN_ERROR | PROXY_WORKER_HC_FAIL)) {
+        return "error";
+    }
+    if (status & PROXY_WORKER_DRAIN) {
+        return "draining";
+    }
+    return "ok";
+}
+
+static void collect_key(const char *label, const aoai_member_stats *stats,
+                        void *baton)
+{
+    aoai_member_view *view = baton;
+    aoai_key_view *key = apr_array_push(view->keys);
+
+    key->label = apr_pstrdup(view->keys->pool, label);
+    key->stats = *stats;
+}
+
+static apr_status_t collect_balancer(server_rec *s, proxy_balancer *balancer,
+                                     void *baton)
+{
+    aoai_snapshot *snapshot = baton;
+    proxy_server_conf *proxy_conf =
+        ap_get_module_config(s->module_config, &proxy_module);
+    proxy_worker **workers;
+    int i;
+
+    /* Members added through the balancer-manager in another child. */
+    if (PROXY_THREAD_LOCK(balancer) == APR_SUCCESS) {
+        ap_proxy_sync_balancer(balancer, s, proxy_conf);
+        PROXY_THREAD_UNLOCK(balancer);
+    }
+    workers = (proxy_worker **)balancer->workers->elts;
+    for (i = 0; i < balancer->workers->nelts; i++) {
+        aoai_member_view *view = apr_array_push(snapshot->members);
+        aoai_member_slot *slot = aoai_throttle_slot(balancer, workers[i]);
+
+        aoai_member_mark(workers[i], slot, snapshot->now);
+        view->balancer = balancer;
+        view->worker = workers[i];
+        aoai_member_stats_read(slot, &view->stats);
+        view->state = member_state(workers[i], snapshot->now, &view->stats);
+        view->keys = apr_array_make(snapshot->pool, 4, sizeof(aoai_key_view));
+        aoai_key_stats_each(slot, collect_key, view);
+    }
+    return APR_SUCCESS;
+}
+
+static aoai_snapshot *take_snapshot(request_rec *r)
+{
+    aoai_snapshot *snapshot = apr_pcalloc(r->pool, sizeof(*snapshot));
+
+    snapshot->pool = r->pool;
+    snapshot->now = apr_time_now();
+    snapshot->members = apr_array_make(r->pool, 8, sizeof(aoai_member_view));
+    aoai_for_each_balancer(ap_server_conf, collect_balancer, snapshot);
+    return snapshot;
+}
+
+static const char *iso_time(apr_pool_t *pool, apr_time_t t)
+{
+    apr_time_exp_t tm;
+
+    apr_time_exp_gmt(&tm, t);
+    return apr_psprintf(pool, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                        tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_usec / 1000);
+}
+
+static apr_int64_t window_left_ms(const aoai_member_view *view,
+                                  apr_time_t now)
+{
+    apr_interval_time_t left = view->stats.throttle_until - now;
+    return left > 0 ? (left + 999) / 1000 : 0;
+}
+
+static double weight(const proxy_worker *worker)
+{
+    return (double)worker->s->lbfactor / 100.0;
+}
+
+/* ------------------------------------------------------------------ */
+/* server-status                                                        */
+
+static void status_html(request_rec *r, const aoai_snapshot *snapshot)
+{
+    const aoai_member_view *views =
+        (const aoai_member_view *)snapshot->members->elts;
+    const proxy_balancer *shown = NULL;
+    int i, keys = 0;
+
+    ap_rputs("<hr />\n<h2>Azure OpenAI balancers (mod_aoai_balancer)</h2>\n",
+             r);
+    for (i = 0; i < snapshot->members->nelts; i++) {
+        const aoai_member_view *view = &views[i];
+        const apr_uint64_t *c = view->stats.counters;
+
+        if (view->balancer != shown) {
+            if (shown) {
+                ap_rputs("</table>\n", r);
+            }
+            shown = view->balancer;
+            ap_rvputs(r, "<h3>", ap_escape_html(r->pool, shown->s->name),
+                      "</h3>\n<table border=\"0\"><tr><th>Member</th>"
+                      "<th>Route</th><th>Priority</th><th>Weight</th>"
+                      "<th>State</th><th>Requests</th><th>Served</th>"
+                      "<th>429s</th><th>Failovers out</th>"
+                      "<th>Last Retry-After</th><th>Prompt tokens</th>"
+                      "<th>Completion tokens</th><th>Total tokens</th></tr>\n",
+                      NULL);
+        }
+        ap_rvputs(r, "<tr><td>",
+                  ap_escape_html(r->pool, view->worker->s->name_ex),
+                  "</td><td>",
+                  ap_escape_html(r->pool, view->worker->s->route),
+                  "</td>", NULL);
+        ap_rprintf(r, "<td>%d</td><td>%.2f</td><td>", view->worker->s->lbset,
+                   weight(view->worker));
+        if (!strcmp(view->state, "throttled")) {
+            ap_rprintf(r, "throttled until %s (%" APR_INT64_T_FMT " ms)",
+                       iso_time(r->pool, view->stats.throttle_until),
+                       window_left_ms(view, snapshot->now));
+        }
+        else {
+            ap_rputs(view->state, r);
+        }
+        ap_rprintf(r, "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
+                   APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                   "</td><td>%" APR_UINT64_T_FMT "</td><td>",
+                   c[AOAI_COUNT_REQUESTS], c[AOAI_COUNT_SERVED],
+                   c[AOAI_COUNT_THROTTLED], c[AOAI_COUNT_FAILOVERS]);
+        if (view->stats.last_throttled) {
+            ap_rprintf(r, "%" APR_UINT64_T_FMT " ms at %s",
+                       c[AOAI_COUNT_LAST_WINDOW_MS],
+                       iso_time(r->pool, view->stats.last_throttled));
+        }
+        ap_rprintf(r, "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
+                   APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                   "</td></tr>\n", c[AOAI_COUNT_PROMPT_TOKENS],
+                   c[AOAI_COUNT_COMPLETION_TOKENS], c[AOAI_COUNT_TOTAL_TOKENS]);
+        keys += view->keys->nelts;
+    }
+    if (shown) {
+        ap_rputs("</table>\n", r);
+    }
+    if (!keys) {
+        return;
+    }
+    ap_rputs("<h3>Tokens by subscription key</h3>\n<table border=\"0\"><tr>"
+             "<th>Key</th><th>Balancer</th><th>Member</th><th>Served</th>"
+             "<th>Prompt tokens</th><th>Completion tokens</th>"
+             "<th>Total tokens</th></tr>\n", r);
+    for (i = 0; i < snapshot->members->nelts; i++) {
+        const aoai_member_view *view = &views[i];
+        const aoai_key_view *key = (const aoai_key_view *)view->keys->elts;
+        int k;
+
+        for (k = 0; k < view->keys->nelts; k++, key++) {
+            const apr_uint64_t *c = key->stats.counters;
+            ap_rvputs(r, "<tr><td>", ap_escape_html(r->pool, key->label),
+                      "</td><td>",
+                      ap_escape_html(r->pool, view->balancer->s->name),
+                      "</td><td>",
+                      ap_escape_html(r->pool, view->worker->s->name_ex),
+                      "</td>", NULL);
+            ap_rprintf(r, "<td>%" APR_UINT64_T_FMT "</td><td>%"
+                       APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                       "</td><td>%" APR_UINT64_T_FMT "</td></tr>\n",
+                       c[AOAI_COUNT_SERVED], c[AOAI_COUNT_PROMPT_TOKENS],
+                       c[AOAI_COUNT_COMPLETION_TOKENS],
+                       c[AOAI_COUNT_TOTAL_TOKENS]);
+        }
+    }
+    ap_rputs("</table>\n", r);
+}
+
+/* ?auto: "Key: value" like the rest of the page; the value is
+ * space-separated name=value pairs, none of which contains a space
+ * (member URLs and balancer names cannot). */
+static void status_auto(request_rec *r, const aoai_snapshot *snapshot)
+{
+    const aoai_member_view *views =
+        (const aoai_member_view *)snapshot->members->elts;
+    int i;
+
+    for (i = 0; i < snapshot->members->nelts; i++) {
+        const aoai_member_view *view = &views[i];
+        const apr_uint64_t *c = view->stats.counters;
+        const aoai_key_view *key = (const aoai_key_view *)view->keys->elts;
+        int k;
+
+        ap_rprintf(r, "AOAIMember: balancer=%s member=%s route=%s "
+                   "priority=%d weight=%.2f state=%s throttled_for_ms=%"
+                   APR_INT64_T_FMT " requests=%" APR_UINT64_T_FMT
+                   " served=%" APR_UINT64_T_FMT " throttled=%"
+                   APR_UINT64_T_FMT " failovers=%" APR_UINT64_T_FMT
+                   " last_retry_after_ms=%" APR_UINT64_T_FMT
+                   " prompt_tokens=%" APR_UINT64_T_FMT
+                   " completion_tokens=%" APR_UINT64_T_FMT
+                   " total_tokens=%" APR_UINT64_T_FMT "\n",
+                   view->balancer->s->name, view->worker->s->name_ex,
+                   *view->worker->s->route ? view->worker->s->route : "-",
+                   view->worker->s->lbset, weight(view->worker), view->state,
+                   window_left_ms(view, snapshot->now),
+                   c[AOAI_COUNT_REQUESTS], c[AOAI_COUNT_SERVED],
+                   c[AOAI_COUNT_THROTTLED], c[AOAI_COUNT_FAILOVERS],
+                   c[AOAI_COUNT_LAST_WINDOW_MS], c[AOAI_COUNT_PROMPT_TOKENS],
+                   c[AOAI_COUNT_COMPLETION_TOKENS],
+                   c[AOAI_COUNT_TOTAL_TOKENS]);
+        for (k = 0; k < view->keys->nelts; k++, key++) {
+            const apr_uint64_t *kc = key->stats.counters;
+            ap_rprintf(r, "AOAIKeyTokens: balancer=%s member=%s key=%s "
+                       "served=%" APR_UINT64_T_FMT " prompt_tokens=%"
+                       APR_UINT64_T_FMT " completion_tokens=%"
+                       APR_UINT64_T_FMT " total_tokens=%" APR_UINT64_T_FMT
+                       "\n", view->balancer->s->name,
+                       view->worker->s->name_ex, key->label,
+                       kc[AOAI_COUNT_SERVED], kc[AOAI_COUNT_PROMPT_TOKENS],
+                       kc[AOAI_COUNT_COMPLETION_TOKENS],
+                       kc[AOAI_COUNT_TOTAL_TOKENS]);
+        }
+    }
+}
+
+static int aoai_status_hook(request_rec *r, int flags)
+{
+    aoai_snapshot *snapshot;
+
+    if (!(flags & AP_STATUS_EXTENDED)) {
+        return OK;
+    }
+    snapshot = take_snapshot(r);
+    if (!snapshot->members->nelts) {
+        return OK;
+    }
+    if (flags & AP_STATUS_SHORT) {
+        status_auto(r, snapshot);
+    }
+    else {
+        status_html(r, snapshot);
+    }
+    return OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* aoai-balancer-status: JSON                                          */
+
+static json_t *tokens_json(const apr_uint64_t *c)
+{
+    return json_pack("{s:I,s:I,s:I}",
+                     "prompt", (json_int_t)c[AOAI_COUNT_PROMPT_TOKENS],
+                     "completion", (json_int_t)c[AOAI_COUNT_COMPLETION_TOKENS],
+                     "total", (json_int_t)c[AOAI_COUNT_TOTAL_TOKENS]);
+}
+
+static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
+                           apr_time_t now)
+{
+    const apr_uint64_t *c = view->stats.counters;
+    const aoai_key_view *key = (const aoai_key_view *)view->keys->elts;
+    json_t *keys = json_array();
+    json_t *member;
+    int k;
+
+    for (k = 0; k < view->keys->nelts; k++, key++) {
+        json_array_append_new(keys, json_pack("{s:s,s:I,s:o}",
+            "label", key->label,
+            "served", (json_int_t)key->stats.counters[AOAI_COUNT_SERVED],
+            "tokens", tokens_json(key->stats.counters)));
+    }
+    member = json_pack("{s:s,s:s,s:i,s:f,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:o,s:o}",
+        "name", view->worker->s->name_ex,
+        "route", view->worker->s->route,
+        "priority", view->worker->s->lbset,
+        "weight", weight(view->worker),
+        "state", view->state,
+        "flags", ap_proxy_parse_wstatus(pool, view->worker),
+        "throttled_for_ms", (json_int_t)window_left_ms(view, now),
+        "requests", (json_int_t)c[AOAI_COUNT_REQUESTS],
+        "served", (json_int_t)c[AOAI_COUNT_SERVED],
+        "throttled", (json_int_t)c[AOAI_COUNT_THROTTLED],
+        "failovers", (json_int_t)c[AOAI_COUNT_FAILOVERS],
+        "tokens", tokens_json(c),
+        "keys", keys);
+    if (view->stats.throttle_until > now) {
+        json_object_set_new(member, "throttled_until", json_string(
+            iso_time(pool, view->stats.throttle_until)));
+    }
+    if (view->stats.last_throttled) {
+        json_object_set_new(member, "last_retry_after_ms", json_integer(
+            (json_int_t)c[AOAI_COUNT_LAST_WINDOW_MS]));
+        json_object_set_new(member, "last_throttled", json_string(
+            iso_time(pool, view->stats.last_throttled)));
+    }
+    return member;
+}
+
+static int status_handler(request_rec *r)
+{
+    aoai_snapshot *snapshot;
+    const aoai_member_view *views;
+    const proxy_balancer *shown = NULL;
+    json_t *root, *balancers, *members = NULL;
+    char *text;
+    int i;
+
+    if (!r->handler || strcmp(r->handler, STATUS_HANDLER)) {
+        return DECLINED;
+    }
+    r->allowed = AP_METHOD_BIT << M_GET;
+    if (r->method_number != M_GET) {
+        return HTTP_METHOD_NOT_ALLOWED;
+    }
+    snapshot = take_snapshot(r);
+    views = (const aoai_member_view *)snapshot->members->elts;
+    balancers = json_array();
+    for (i = 0; i < snapshot->members->nelts; i++) {
+        if (views[i].balancer != shown) {
+            shown = views[i].balancer;
+            members = json_array();
+            json_array_append_new(balancers, json_pack("{s:s,s:o}",
+                "name", shown->s->name, "members", members));
+        }
+        json_array_append_new(members, member_json(r->pool, &views[i],
+                                                   snapshot->now));
+    }
+    root = json_pack("{s:s,s:o}", "time", iso_time(r->pool, snapshot->now),
+                     "balancers", balancers);
+    text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (!text) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APLOGNO(10932)
+                      "could not serialize the balancer status");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ap_set_content_type(r, "application/json");
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    if (!r->header_only) {
+        ap_rputs(text, r);
+        ap_rputs("\n", r);
+    }
+    free(text);
+    return OK;
+}
+
+/* Runs before the stock page draws itself, so that it shows the windows
+ * as they are now, traffic or not. */
+static int refresh_marks(request_rec *r)
+{
+    proxy_server_conf *proxy_conf;
+    proxy_balancer *balancer;
+    apr_time_t now;
+    int i;
+
+    if (!r->handler || strcmp(r->handler, "balancer-manager")) {
+        return DECLINED;
+    }
+    proxy_conf = ap_get_module_config(r->server->module_config,
+                                      &proxy_module);
+    now = apr_time_now();
+    balancer = (proxy_balancer *)proxy_conf->balancers->elts;
+    for (i = 0; i < proxy_conf->balancers->nelts; i++, balancer++) {
+        proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+        int j;
+
+        if (balancer->lbmethod != &aoai_lbmethod) {
+            continue;
+        }
+        for (j = 0; j < balancer->workers->nelts; j++) {
+            aoai_member_mark(workers[j],
+                             aoai_throttle_slot(balancer, workers[j]), now);
+        }
+    }
+    return DECLINED;
+}
+
+void aoai_status_register_hooks(apr_pool_t *p)
+{
+    static const char *const before_balancer[] = { "mod_proxy_balancer.c",
+                                                   NULL };
+
+    (void)p;
+    ap_hook_handler(refresh_marks, NULL, before_balancer, APR_HOOK_FIRST);
+    ap_hook_handler(status_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    APR_OPTIONAL_HOOK(ap, status_hook, aoai_status_hook, NULL, NULL,
+                      APR_HOOK_MIDDLE);
+}
