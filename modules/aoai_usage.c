@@ -9,8 +9,10 @@
  * "data:" event before [DONE].  The answer is never held back for this:
  * the output filter passes every brigade on and gives this scanner a copy
  * of its bytes.  A JSON body is kept whole, up to AOAI_USAGE_JSON_MAX, and
- * parsed once at its end; a stream keeps only its current line, and only
- * lines that mention "usage" are parsed.
+ * read once at its end; a stream keeps only its current line, and only
+ * lines that mention "usage" are read.  Reading means finding the
+ * top-level "usage" key with a structural walk and parsing its object
+ * with jansson (see locate_usage()).
  *
  * Every byte here comes from a member, so nothing is trusted: negative,
  * fractional or absurd figures make the usage unreadable rather than
@@ -52,6 +54,122 @@ static int token_count(json_t *usage, const char *field, int required,
     return 1;
 }
 
+static int is_json_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* From the opening quote at *i, past the closing one; 0 if unterminated. */
+static int skip_string(const char *json, apr_size_t length, apr_size_t *i)
+{
+    apr_size_t at = *i + 1;
+
+    while (at < length && json[at] != '"') {
+        at += (json[at] == '\\') ? 2 : 1;
+    }
+    if (at >= length) {
+        return 0;
+    }
+    *i = at + 1;
+    return 1;
+}
+
+/* Finds the value of the top-level "usage" key without building the
+ * document: a structural walk that only follows strings, nesting and
+ * commas.  Building the whole answer with jansson cost 8.7 us for a
+ * 671-byte chat completion (measured), most of a request's budget; the
+ * walk costs a pass over the bytes, and jansson then reads the usage
+ * object alone.  The root must be a closed object with one "usage". */
+static int locate_usage(const char *json, apr_size_t length,
+                        const char **value, apr_size_t *value_length)
+{
+    apr_size_t i = 0;
+    int depth = 1, expect_key = 1, found = 0;
+
+    while (i < length && is_json_space(json[i])) {
+        i++;
+    }
+    if (i >= length || json[i] != '{') {
+        return 0;
+    }
+    i++;
+    while (i < length) {
+        char c = json[i];
+
+        if (c == '"') {
+            apr_size_t key = i + 1;
+            int is_usage;
+
+            if (!skip_string(json, length, &i)) {
+                return 0;
+            }
+            if (depth != 1 || !expect_key) {
+                continue;
+            }
+            expect_key = 0;
+            is_usage = (i - key - 1 == 5 && !memcmp(json + key, "usage", 5));
+            while (i < length && is_json_space(json[i])) {
+                i++;
+            }
+            if (i >= length || json[i] != ':') {
+                return 0;
+            }
+            i++;
+            if (is_usage) {
+                apr_size_t start;
+                int nested = 0;
+
+                if (found) {
+                    return 0;       /* two of them: trust neither */
+                }
+                while (i < length && is_json_space(json[i])) {
+                    i++;
+                }
+                start = i;
+                while (i < length) {
+                    c = json[i];
+                    if (c == '"') {
+                        if (!skip_string(json, length, &i)) {
+                            return 0;
+                        }
+                        continue;
+                    }
+                    if (c == '{' || c == '[') {
+                        nested++;
+                    }
+                    else if (c == '}' || c == ']') {
+                        if (!nested) {
+                            break;
+                        }
+                        nested--;
+                    }
+                    else if (c == ',' && !nested) {
+                        break;
+                    }
+                    i++;
+                }
+                *value = json + start;
+                *value_length = i - start;
+                found = 1;
+            }
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+        }
+        else if (c == '}' || c == ']') {
+            if (--depth == 0) {
+                return found;
+            }
+        }
+        else if (c == ',' && depth == 1) {
+            expect_key = 1;
+        }
+        i++;
+    }
+    return 0;       /* the root never closed: a cut answer */
+}
+
 /* Returns 1 when json is an object with a readable "usage" object at its
  * top level.  Embeddings have no completion_tokens; every answer with
  * usage has total_tokens. */
@@ -59,25 +177,30 @@ int aoai_usage_from_json(const char *json, apr_size_t length,
                          aoai_usage *usage)
 {
     json_error_t error;
-    json_t *root, *object;
-    int ok = 0;
+    json_t *object;
+    const char *value = NULL;
+    apr_size_t value_length = 0;
+    aoai_usage found;
+    int ok;
 
-    root = json_loadb(json, length, JSON_REJECT_DUPLICATES, &error);
-    if (!root) {
+    if (!locate_usage(json, length, &value, &value_length)
+        || !value_length || value[0] != '{') {
+        return 0;    /* absent, or null as in a stream's early chunks */
+    }
+    object = json_loadb(value, value_length,
+                        JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &error);
+    if (!object) {
         return 0;
     }
-    object = json_is_object(root) ? json_object_get(root, "usage") : NULL;
-    if (json_is_object(object)) {
-        aoai_usage found;
-        ok = token_count(object, "prompt_tokens", 0, &found.prompt_tokens)
-             && token_count(object, "completion_tokens", 0,
-                            &found.completion_tokens)
-             && token_count(object, "total_tokens", 1, &found.total_tokens);
-        if (ok) {
-            *usage = found;
-        }
+    ok = json_is_object(object)
+         && token_count(object, "prompt_tokens", 0, &found.prompt_tokens)
+         && token_count(object, "completion_tokens", 0,
+                        &found.completion_tokens)
+         && token_count(object, "total_tokens", 1, &found.total_tokens);
+    if (ok) {
+        *usage = found;
     }
-    json_decref(root);
+    json_decref(object);
     return ok;
 }
 

@@ -124,6 +124,19 @@ int main(void)
     json_case("{\"usage\":{\"total_tokens\":5}", 0, 0, 0, 0,
               "a truncated body: nothing");
     json_case("", 0, 0, 0, 0, "an empty body: nothing");
+    json_case("{\"x\":{\"a\":1,\"usage\":{\"total_tokens\":3}},"
+              "\"usage\":{\"total_tokens\":4}}", 1, 0, 0, 4,
+              "the top-level usage, not one nested before it");
+    json_case("{\"a\":\"usage\",\"b\":[\"usage\",{\"usage\":1}]}", 0, 0, 0,
+              0, "\"usage\" as a value or nested key is not a usage");
+    json_case("{\"k\\\"\":\"}{\\\"\", \"usage\" :\n {\"total_tokens\" : 9} }",
+              1, 0, 0, 9, "escaped quotes and braces in strings, spaces");
+    json_case("{\"usage\":{\"total_tokens\":2}} trailing", 1, 0, 0, 2,
+              "bytes after the root object do not matter");
+    json_case("{\"usage\":[{\"total_tokens\":2}]}", 0, 0, 0, 0,
+              "usage as an array: unreadable");
+    json_case("{\"usage\":{\"total_tokens\":2,\"total_tokens\":3}}", 0, 0, 0,
+              0, "duplicate keys inside usage: rejected");
 
     all_steps = 1;
     for (step = 1; step <= 64; step++) {
