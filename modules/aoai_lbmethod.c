@@ -15,6 +15,11 @@
  * a 429 into a move to the next member instead of a second 429.  Draining,
  * disabled, hot-spare and hot-standby members keep their stock meaning
  * because the walk itself is stock.
+ *
+ * Each pick reads every member's window once, before the walk: a parked
+ * member is marked in error for the balancer-manager page (aoai_status.c),
+ * which also keeps the stock walk from offering it, so the request notes
+ * it as skipped there rather than in is_best_aoai().
  */
 
 #include "aoai_balancer.h"

@@ -164,10 +164,16 @@ sub env {
     my %env = (%ENV);
     if ($ENV{AOAI_SANITIZE} && $self->{sanitize}) {
         (my $asan = `gcc -print-file-name=libasan.so`) =~ s/\s+\z//;
+        # Children run as User nobody: their reports need a directory they
+        # can write to, or they are lost.
+        my $reports = "$self->{dir}/sanitizer";
+        mkdir $reports;
+        chmod 01777, $reports;
         $env{LD_PRELOAD} = $asan;
-        $env{ASAN_OPTIONS} = "log_path=$self->{dir}/sanitizer:detect_leaks=0"
+        $env{ASAN_OPTIONS} = "log_path=$reports/report:detect_leaks=1"
             . ":abort_on_error=0:halt_on_error=1";
-        $env{UBSAN_OPTIONS} = "log_path=$self->{dir}/sanitizer"
+        $env{LSAN_OPTIONS} = "suppressions=$TOP/t/lsan.supp:print_suppressions=0";
+        $env{UBSAN_OPTIONS} = "log_path=$reports/report"
             . ":print_stacktrace=1:halt_on_error=1";
     }
     return %env;
@@ -208,7 +214,7 @@ sub access_log_lines {
 sub sanitizer_reports {
     my ($self) = @_;
     my @reports;
-    for my $file (glob "$self->{dir}/sanitizer*") {
+    for my $file (glob "$self->{dir}/sanitizer/*") {
         open my $fh, '<', $file or next;
         local $/;
         push @reports, "$file:\n" . <$fh>;
@@ -337,7 +343,8 @@ sub configtest {
     if ($ENV{AOAI_SANITIZE}) {
         (my $asan = `gcc -print-file-name=libasan.so`) =~ s/\s+\z//;
         $env{LD_PRELOAD} = $asan;
-        $env{ASAN_OPTIONS} = 'detect_leaks=0';
+        $env{ASAN_OPTIONS} = 'detect_leaks=1';
+        $env{LSAN_OPTIONS} = "suppressions=$TOP/t/lsan.supp:print_suppressions=0";
     }
     local %ENV = %env;
     my $out = `$APACHE -d $dir -f $dir/httpd.conf -t 2>&1`;
