@@ -510,6 +510,34 @@ static int any_candidate(proxy_balancer *balancer, aoai_request_state *state)
     return 0;
 }
 
+/* A member whose TLS handshake fails (certificate for another name,
+ * expired, unknown CA) will fail the same way on every call until someone
+ * fixes it.  mod_proxy puts a member in error when it refuses the TCP
+ * connection, but not when the handshake after it fails, so every call
+ * would try it again and log the failure again.  Put it in error the way
+ * mod_proxy would: it is then skipped until its retry= interval is up, and
+ * this (and mod_ssl's reason, at LogLevel ssl:info) is logged once per
+ * interval.  mod_proxy tells of the handshake in "error-notes". */
+static void note_tls_failure(request_rec *r, proxy_balancer *balancer,
+                             proxy_worker *worker)
+{
+    const char *notes = apr_table_get(r->notes, "error-notes");
+
+    if (!notes || !strstr(notes, "Error during SSL Handshake")
+        || (worker->s->status & PROXY_WORKER_IGNORE_ERRORS)) {
+        return;
+    }
+    worker->s->error_time = apr_time_now();
+    worker->s->status |= PROXY_WORKER_IN_ERROR;
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, APLOGNO(10933)
+                  "%s: TLS handshake with member %s (%s) failed; it stays "
+                  "in error for %" APR_TIME_T_FMT " s (retry=); mod_ssl's "
+                  "AH02276/AH02411 at LogLevel ssl:info give the reason",
+                  balancer->s->name, member_label(worker),
+                  worker->s->hostname_ex,
+                  apr_time_sec(worker->s->retry));
+}
+
 typedef enum {
     AOAI_OUTCOME_DONE,        /* the client has its answer, or its error */
     AOAI_OUTCOME_ANSWERED,    /* a failed answer, swallowed */
@@ -770,6 +798,9 @@ static int aoai_proxy_handler(request_rec *r)
                                                  url, NULL, 0);
         state->in_attempt = 0;
         outcome = classify(r, state, access_status);
+        if (outcome == AOAI_OUTCOME_CONNECTION) {
+            note_tls_failure(r, balancer, worker);
+        }
 
         /* failonstatus and failontimeout judge the member by r->status,
          * which for a failed attempt is what the member did, not what the

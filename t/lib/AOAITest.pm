@@ -179,10 +179,24 @@ sub env {
     return %env;
 }
 
+# With hosts => [ 'farm1.openai.test', ... ], the server starts in a mount
+# namespace of its own where /etc/hosts also maps those names to 127.0.0.1:
+# members are reached by name (SNI, Host, certificate names) as in
+# production, and the machine's /etc/hosts is never touched.
 sub run_ctl {
     my ($self, $signal) = @_;
     local %ENV = $self->env;
-    my $out = `$APACHE -d $self->{dir} -f $self->{conf_file} -k $signal 2>&1`;
+    my $command = "$APACHE -d $self->{dir} -f $self->{conf_file} -k $signal";
+    if ($signal eq 'start' && $self->{hosts}) {
+        open my $system_hosts, '<', '/etc/hosts' or die "/etc/hosts: $!";
+        open my $hosts, '>', "$self->{dir}/hosts" or die;
+        print {$hosts} <$system_hosts>, map { "127.0.0.1 $_\n" } @{ $self->{hosts} };
+        close $hosts;
+        chmod 0644, "$self->{dir}/hosts";
+        $command = "unshare --mount sh -c 'mount --bind $self->{dir}/hosts "
+                 . "/etc/hosts && exec $command'";
+    }
+    my $out = `$command 2>&1`;
     $self->{last_ctl_output} = $out;
     return $? == 0;
 }
@@ -258,7 +272,20 @@ package AOAITest::Mock;
 
 our @ISA = ('AOAITest::Server');
 
-sub member_url { "http://127.0.0.1:" . $_[0]{member_port}{$_[1]} }
+# Where the tests reach a member's /mock/ pages: https for a member behind
+# TLS (any certificate accepted: these are the test's own pages).
+sub member_url {
+    my ($self, $name) = @_;
+    return ($self->{member_tls}{$name} ? 'https' : 'http')
+        . "://127.0.0.1:$self->{member_port}{$name}";
+}
+
+# The URL a gateway's BalancerMember uses: the member's own host name,
+# which the gateway resolves through start_gateway(hosts => ...).
+sub member_https_url {
+    my ($self, $name, $host) = @_;
+    return "https://$host:$self->{member_port}{$name}";
+}
 
 sub stats {
     my ($self, $member) = @_;
@@ -284,30 +311,36 @@ sub reset {
 package AOAITest;
 
 # start_mock(members => [ { name => 'farm0', quota => '20 10000',
-#                           api_key => 'k', stream => '5 20' }, ... ])
+#                           api_key => 'k', stream => '5 20',
+#                           tls => [ $cert, $key ] }, ... ])
 sub start_mock {
     my (%o) = @_;
-    my (%member_port, @ports, $vhosts);
+    my (%member_port, %member_tls, @ports, $vhosts);
     for my $member (@{ $o{members} }) {
         my $port = free_port();
         push @ports, $port;
         $member_port{ $member->{name} } = $port;
+        $member_tls{ $member->{name} } = 1 if $member->{tls};
         $vhosts .= "<VirtualHost 127.0.0.1:$port>\n"
                  . "    SetHandler aoai-mock\n"
                  . "    AOAIMockMember $member->{name}\n"
+                 . ($member->{tls} ? "    SSLEngine on\n"
+                                     . "    SSLCertificateFile $member->{tls}[0]\n"
+                                     . "    SSLCertificateKeyFile $member->{tls}[1]\n" : '')
                  . ($member->{api_key} ? "    AOAIMockApiKey $member->{api_key}\n" : '')
                  . ($member->{bearer} ? "    AOAIMockBearer $member->{bearer}\n" : '')
                  . ($member->{quota} ? "    AOAIMockQuota $member->{quota}\n" : '')
                  . ($member->{stream} ? "    AOAIMockStream $member->{stream}\n" : '')
                  . "</VirtualHost>\n";
     }
-    my $modules = load_modules('authz_core')
+    my $modules = load_modules('authz_core', %member_tls ? qw(socache_shmcb ssl) : ())
         . "LoadModule aoai_mock_module $TOP/t/mock/.libs/mod_aoai_mock.so\n";
     my $mock = AOAITest::Mock->start(
         name => $o{name} || 'mock', ports => \@ports, mpm => 'single',
         modules => $modules, loglevel => 'warn', conf => $vhosts,
         sanitize => 0);
     $mock->{member_port} = \%member_port;
+    $mock->{member_tls} = \%member_tls;
     return $mock;
 }
 
@@ -318,12 +351,14 @@ sub start_gateway {
     my $modules = load_modules(qw(authz_core authz_host proxy proxy_http
                                   proxy_balancer slotmem_shm
                                   lbmethod_byrequests headers status))
+        . ($o{tls} ? load_modules(qw(socache_shmcb ssl)) : '')
         . ($o{extra_modules} || '')
         . "LoadModule aoai_balancer_module " . module_path() . "\n";
     return AOAITest::Server->start(
         name => $o{name} || 'gateway', ports => [$port],
         mpm => $o{mpm} || 'event', modules => $modules,
-        loglevel => $o{loglevel} || 'info', conf => $o{conf}, sanitize => 1);
+        loglevel => $o{loglevel} || 'info', conf => $o{conf}, sanitize => 1,
+        hosts => $o{hosts});
 }
 
 # Runs `apache2 -t` over a gateway configuration, with the stock modules

@@ -39,6 +39,7 @@
 #include "http_log.h"
 #include "http_protocol.h"
 #include "http_request.h"
+#include "http_ssl.h"
 
 #include "apr_strings.h"
 #include "apr_thread_mutex.h"
@@ -100,7 +101,10 @@ typedef struct {
     char last_bearer_state[16];    /* absent / present / valid / invalid */
     char last_header_names[1024];  /* names only: values may be secrets */
     char last_host[256];
+    char last_sni[256];            /* TLS server name the caller sent */
     char last_path[512];
+    apr_int64_t connections;       /* first requests of a connection: with
+                                    * TLS, one full handshake each */
 } mock_member;
 
 static void default_behaviour(mock_behaviour *b)
@@ -457,7 +461,7 @@ static const char *deployment_operation(request_rec *r, const char **deployment)
 static int inference(request_rec *r, mock_member *m)
 {
     mock_behaviour b;
-    const char *deployment, *operation, *api_key, *bearer;
+    const char *deployment, *operation, *api_key, *bearer, *sni;
     char *body;
     apr_size_t body_length;
     char hash[65];
@@ -497,6 +501,12 @@ static int inference(request_rec *r, mock_member *m)
     apr_cpystrn(m->last_host, apr_table_get(r->headers_in, "Host")
                 ? apr_table_get(r->headers_in, "Host") : "", sizeof(m->last_host));
     apr_cpystrn(m->last_path, r->unparsed_uri, sizeof(m->last_path));
+    sni = ap_ssl_var_lookup(r->pool, r->server, r->connection, r,
+                            "SSL_TLS_SNI");
+    apr_cpystrn(m->last_sni, sni ? sni : "", sizeof(m->last_sni));
+    if (r->connection->keepalives == 0) {
+        m->connections++;
+    }
     apr_cpystrn(m->last_api_key_state, credential_state(api_key, b.api_key),
                 sizeof(m->last_api_key_state));
     apr_cpystrn(m->last_bearer_state, credential_state(bearer, b.bearer_token),
@@ -710,7 +720,7 @@ static int stats(request_rec *r, mock_member *m)
     for (i = first; i < m->body_count; i++) {
         json_array_append_new(hashes, json_string(m->body_hashes[i % HASH_RING]));
     }
-    doc = json_pack("{s:s,s:I,s:I,s:I,s:o,s:o,s:I,s:i,s:I,s:s,s:s,s:s,s:s,s:s}",
+    doc = json_pack("{s:s,s:I,s:I,s:I,s:o,s:o,s:I,s:i,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:I}",
                     "member", m->name, "requests", (json_int_t)m->requests,
                     "faults", (json_int_t)m->faults,
                     "hangs", (json_int_t)m->hangs,
@@ -721,7 +731,9 @@ static int stats(request_rec *r, mock_member *m)
                     "last_api_key", m->last_api_key_state,
                     "last_bearer", m->last_bearer_state,
                     "last_header_names", m->last_header_names,
-                    "last_host", m->last_host, "last_path", m->last_path);
+                    "last_host", m->last_host, "last_path", m->last_path,
+                    "last_sni", m->last_sni,
+                    "connections", (json_int_t)m->connections);
     apr_thread_mutex_unlock(m->mutex);
     json_send(r, 200, doc);
     return OK;
@@ -761,11 +773,12 @@ static int control(request_rec *r, mock_member *m, int reset)
         m->window_start = 0;
         m->window_requests = m->window_tokens = 0;
         m->requests = m->body_count = m->streams_completed = m->faults = 0;
-        m->hangs = 0;
+        m->hangs = m->connections = 0;
         memset(m->status_count, 0, sizeof(m->status_count));
         strcpy(m->last_api_key_state, "none");
         strcpy(m->last_bearer_state, "none");
         m->last_host[0] = m->last_path[0] = m->last_header_names[0] = '\0';
+        m->last_sni[0] = '\0';
     }
     else {
         TAKE_INT(quota_requests);
