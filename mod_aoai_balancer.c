@@ -50,6 +50,7 @@ static void *create_dir_conf(apr_pool_t *p, char *dir)
     conf->throttle_max = AOAI_DEFAULT_THROTTLE_MAX;
     conf->max_body = AOAI_DEFAULT_MAX_BODY;
     conf->backend_header = AOAI_DEFAULT_BACKEND_HEADER;
+    conf->first_byte_timeout = AOAI_DEFAULT_FIRST_BYTE;
     set_default_failover(conf);
     return conf;
 }
@@ -68,7 +69,10 @@ static void *merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     MERGE(backend_header);
     MERGE(keys);
     MERGE(key_header);
+    MERGE(first_byte_timeout);
 #undef MERGE
+    conf->first_byte_all = add->first_byte_timeout_set ? add->first_byte_all
+                                               : base->first_byte_all;
     /* Credentials go with the <Proxy> section that names the members. */
     conf->credentials = add->credentials ? add->credentials : base->credentials;
     if (add->failover_set) {
@@ -316,6 +320,35 @@ static const char *set_table_size(cmd_parms *cmd, void *dummy,
     return NULL;
 }
 
+static const char *set_first_byte(cmd_parms *cmd, void *dconf,
+                                  const char *timeout, const char *scope)
+{
+    aoai_dir_conf *conf = dconf;
+
+    if (!ap_cstr_casecmp(timeout, "Off")) {
+        conf->first_byte_timeout = 0;
+    }
+    else {
+        const char *err = parse_window(cmd, timeout,
+                                       &conf->first_byte_timeout);
+        if (err) {
+            return apr_pstrcat(cmd->pool, err, ", or Off", NULL);
+        }
+    }
+    if (!scope || !ap_cstr_casecmp(scope, "streamed")) {
+        conf->first_byte_all = 0;
+    }
+    else if (!ap_cstr_casecmp(scope, "all")) {
+        conf->first_byte_all = 1;
+    }
+    else {
+        return apr_psprintf(cmd->pool, "AOAIFirstByteTimeout: '%s' is "
+                            "neither 'streamed' nor 'all'", scope);
+    }
+    conf->first_byte_timeout_set = 1;
+    return NULL;
+}
+
 static const command_rec aoai_cmds[] =
 {
     AP_INIT_TAKE1("AOAIThrottleDefault", set_throttle_default, NULL,
@@ -349,6 +382,11 @@ static const command_rec aoai_cmds[] =
                   RSRC_CONF | ACCESS_CONF,
                   "route api-key|bearer file:/path|env:NAME: the credential "
                   "this member is called with"),
+    AP_INIT_TAKE12("AOAIFirstByteTimeout", set_first_byte, NULL,
+                   RSRC_CONF | ACCESS_CONF,
+                   "how long a member may take to start its answer before "
+                   "the call fails over: a duration or Off, then 'streamed' "
+                   "(calls with \"stream\": true, the default) or 'all'"),
     AP_INIT_TAKE1("AOAIThrottleTableSize", set_table_size, NULL, RSRC_CONF,
                   "Slots in the shared throttle table (default 512)"),
     {NULL, {NULL}, NULL, 0, 0, NULL}

@@ -43,6 +43,7 @@
 #define AOAI_DEFAULT_MAX_BODY        ((apr_off_t)4 * 1024 * 1024)
 #define AOAI_DEFAULT_BACKEND_HEADER  "x-aoai-backend"
 #define AOAI_DEFAULT_TABLE_SLOTS     512
+#define AOAI_DEFAULT_FIRST_BYTE      apr_time_from_sec(30)
 
 /* Key labels longer than this are refused in the key file: the label is
  * kept in shared memory with the tokens it used. */
@@ -82,6 +83,8 @@ typedef struct {
     aoai_key_set *keys;                    /* NULL: no subscription check */
     const char *key_header;                /* where clients put their key */
     apr_array_header_t *credentials;       /* aoai_member_credential */
+    apr_interval_time_t first_byte_timeout;/* 0: none */
+    int first_byte_all;                    /* every call, not only streams */
     unsigned int throttle_default_set:1;
     unsigned int throttle_max_set:1;
     unsigned int max_body_set:1;
@@ -89,6 +92,7 @@ typedef struct {
     unsigned int failover_set:1;
     unsigned int keys_set:1;
     unsigned int key_header_set:1;
+    unsigned int first_byte_timeout_set:1;
 } aoai_dir_conf;
 
 typedef struct {
@@ -154,6 +158,8 @@ typedef struct {
     proxy_balancer *balancer;
     const aoai_dir_conf *conf;
     const char *key_label; /* the subscriber, when keys are checked */
+    apr_interval_time_t first_byte_timeout; /* for this call; 0: none */
+    int awaiting_first_byte; /* the attempt's member has sent nothing yet */
     aoai_usage_scan *usage; /* the served answer's usage, when readable */
 } aoai_request_state;
 
@@ -198,6 +204,8 @@ apr_status_t aoai_apply_member_credential(request_rec *r,
 /* aoai_usage.c */
 int aoai_usage_from_json(const char *json, apr_size_t length,
                          aoai_usage *usage);
+int aoai_json_top_level(const char *json, apr_size_t length, const char *key,
+                        const char **value, apr_size_t *value_length);
 aoai_usage_scan *aoai_usage_scan_start(apr_pool_t *pool, int streaming);
 void aoai_usage_scan_feed(apr_pool_t *pool, aoai_usage_scan *scan,
                           const char *data, apr_size_t length);

@@ -47,11 +47,19 @@
 
 APLOG_USE_MODULE(aoai_balancer);
 
-#define KEPT_BODY_FILTER "AOAI_KEPT_BODY"
-#define FAILOVER_FILTER  "AOAI_FAILOVER"
+#define KEPT_BODY_FILTER  "AOAI_KEPT_BODY"
+#define FAILOVER_FILTER   "AOAI_FAILOVER"
+#define FIRST_BYTE_FILTER "AOAI_FIRST_BYTE"
 
 static ap_filter_rec_t *kept_body_filter_handle;
 static ap_filter_rec_t *failover_filter_handle;
+static ap_filter_rec_t *first_byte_filter_handle;
+
+/* The attempt this thread is running, for the first-byte filter on the
+ * member's connection: mod_proxy gives a backend connection no way back
+ * to the client's request, and an attempt runs start to end in the thread
+ * that runs the handler. */
+static _Thread_local aoai_request_state *attempt_in_this_thread;
 
 typedef struct {
     const char *data;
@@ -267,6 +275,62 @@ static int keep_request_body(request_rec *r, const aoai_dir_conf *conf,
     apr_table_unset(r->headers_in, "Transfer-Encoding");
     apr_table_setn(r->headers_in, "Content-Length",
                    apr_off_t_toa(r->pool, (apr_off_t)kept->length));
+    return OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* The first byte of an answer, on the member's connection             */
+
+/* A member that accepted the call but says nothing is as good as gone,
+ * and a streamed call's first byte is normally there within a second or
+ * two; waiting the member's whole timeout (often minutes, for long
+ * non-streamed answers) before failing over helps nobody.  So while an
+ * attempt waits for its member's first byte, the reads on the member's
+ * connection use the shorter first-byte timeout; once a byte has come, the
+ * member's own timeout governs every read, so a long stream is never cut.
+ * The read that times out is mod_proxy_http's status-line read: it reports
+ * a timeout, and the loop fails over as for any timeout. */
+static apr_status_t first_byte_filter(ap_filter_t *f, apr_bucket_brigade *bb,
+                                      ap_input_mode_t mode,
+                                      apr_read_type_e block,
+                                      apr_off_t readbytes)
+{
+    aoai_request_state *state = attempt_in_this_thread;
+    apr_interval_time_t member_timeout;
+    apr_socket_t *sock;
+    apr_status_t rv;
+
+    if (!state || !state->awaiting_first_byte || block != APR_BLOCK_READ
+        || !(sock = ap_get_conn_socket(f->c))
+        || apr_socket_timeout_get(sock, &member_timeout) != APR_SUCCESS
+        || (member_timeout >= 0
+            && member_timeout <= state->first_byte_timeout)) {
+        return ap_get_brigade(f->next, bb, mode, block, readbytes);
+    }
+    apr_socket_timeout_set(sock, state->first_byte_timeout);
+    rv = ap_get_brigade(f->next, bb, mode, block, readbytes);
+    apr_socket_timeout_set(sock, member_timeout);
+    if (rv == APR_SUCCESS && !APR_BRIGADE_EMPTY(bb)) {
+        state->awaiting_first_byte = 0;
+    }
+    else if (APR_STATUS_IS_TIMEUP(rv)) {
+        ap_log_cerror(APLOG_MARK, APLOG_INFO, rv, f->c, APLOGNO(10934)
+                      "%s: member %s sent no answer within the first-byte "
+                      "timeout of %" APR_TIME_T_FMT " ms",
+                      state->balancer->s->name, state->worker->s->name_ex,
+                      apr_time_as_msec(state->first_byte_timeout));
+    }
+    return rv;
+}
+
+/* Every connection mod_proxy opens to a member gets the filter; it stays
+ * out of the way unless an aoai attempt is waiting on it. */
+static int add_first_byte_filter(conn_rec *c, void *csd)
+{
+    (void)csd;
+    if (c->outgoing) {
+        ap_add_input_filter_handle(first_byte_filter_handle, NULL, NULL, c);
+    }
     return OK;
 }
 
@@ -738,6 +802,17 @@ static int aoai_proxy_handler(request_rec *r)
                       balancer->s->name, why);
         return send_json_error(r, rc, apr_itoa(r->pool, rc), why);
     }
+    if (conf->first_byte_timeout) {
+        const char *stream;
+        apr_size_t length;
+
+        if (conf->first_byte_all
+            || (aoai_json_top_level(kept->data, kept->length, "stream",
+                                    &stream, &length)
+                && length >= 4 && !memcmp(stream, "true", 4))) {
+            state->first_byte_timeout = conf->first_byte_timeout;
+        }
+    }
     kept_body_input = ap_add_input_filter_handle(kept_body_filter_handle,
                                                  kept, r, r->connection);
     ap_add_output_filter_handle(failover_filter_handle, NULL, r,
@@ -794,8 +869,11 @@ static int aoai_proxy_handler(request_rec *r)
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APLOGNO(10924)
                       "%s: attempt %d on member %s", balancer->s->name,
                       state->attempts, member_label(worker));
+        state->awaiting_first_byte = state->first_byte_timeout > 0;
+        attempt_in_this_thread = state;
         access_status = proxy_run_scheme_handler(r, worker, proxy_conf,
                                                  url, NULL, 0);
+        attempt_in_this_thread = NULL;
         state->in_attempt = 0;
         outcome = classify(r, state, access_status);
         if (outcome == AOAI_OUTCOME_CONNECTION) {
@@ -881,4 +959,9 @@ void aoai_failover_register_hooks(apr_pool_t *p)
     failover_filter_handle =
         ap_register_output_filter(FAILOVER_FILTER, failover_filter, NULL,
                                   AP_FTYPE_RESOURCE);
+    first_byte_filter_handle =
+        ap_register_input_filter(FIRST_BYTE_FILTER, first_byte_filter, NULL,
+                                 AP_FTYPE_CONNECTION);
+    ap_hook_pre_connection(add_first_byte_filter, NULL, NULL,
+                           APR_HOOK_MIDDLE);
 }

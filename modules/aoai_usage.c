@@ -12,7 +12,7 @@
  * read once at its end; a stream keeps only its current line, and only
  * lines that mention "usage" are read.  Reading means finding the
  * top-level "usage" key with a structural walk and parsing its object
- * with jansson (see locate_usage()).
+ * with jansson (see aoai_json_top_level()).
  *
  * Every byte here comes from a member, so nothing is trusted: negative,
  * fractional or absurd figures make the usage unreadable rather than
@@ -74,15 +74,16 @@ static int skip_string(const char *json, apr_size_t length, apr_size_t *i)
     return 1;
 }
 
-/* Finds the value of the top-level "usage" key without building the
- * document: a structural walk that only follows strings, nesting and
- * commas.  Building the whole answer with jansson cost 8.7 us for a
- * 671-byte chat completion (measured), most of a request's budget; the
- * walk costs a pass over the bytes, and jansson then reads the usage
- * object alone.  The root must be a closed object with one "usage". */
-static int locate_usage(const char *json, apr_size_t length,
+/* Finds the value of a top-level key without building the document: a
+ * structural walk that only follows strings, nesting and commas.  Building
+ * a whole answer with jansson cost 8.7 us for a 671-byte chat completion
+ * (measured), most of a request's budget; the walk costs a pass over the
+ * bytes, and jansson then reads the one value wanted.  The root must be a
+ * closed object with the key once; *value spans the value's text. */
+int aoai_json_top_level(const char *json, apr_size_t length, const char *key,
                         const char **value, apr_size_t *value_length)
 {
+    apr_size_t key_length = strlen(key);
     apr_size_t i = 0;
     int depth = 1, expect_key = 1, found = 0;
 
@@ -97,8 +98,8 @@ static int locate_usage(const char *json, apr_size_t length,
         char c = json[i];
 
         if (c == '"') {
-            apr_size_t key = i + 1;
-            int is_usage;
+            apr_size_t name = i + 1;
+            int is_key;
 
             if (!skip_string(json, length, &i)) {
                 return 0;
@@ -107,7 +108,8 @@ static int locate_usage(const char *json, apr_size_t length,
                 continue;
             }
             expect_key = 0;
-            is_usage = (i - key - 1 == 5 && !memcmp(json + key, "usage", 5));
+            is_key = (i - name - 1 == key_length
+                      && !memcmp(json + name, key, key_length));
             while (i < length && is_json_space(json[i])) {
                 i++;
             }
@@ -115,12 +117,12 @@ static int locate_usage(const char *json, apr_size_t length,
                 return 0;
             }
             i++;
-            if (is_usage) {
+            if (is_key) {
                 apr_size_t start;
                 int nested = 0;
 
                 if (found) {
-                    return 0;       /* two of them: trust neither */
+                    return 0;       /* twice: trust neither */
                 }
                 while (i < length && is_json_space(json[i])) {
                     i++;
@@ -183,7 +185,7 @@ int aoai_usage_from_json(const char *json, apr_size_t length,
     aoai_usage found;
     int ok;
 
-    if (!locate_usage(json, length, &value, &value_length)
+    if (!aoai_json_top_level(json, length, "usage", &value, &value_length)
         || !value_length || value[0] != '{') {
         return 0;    /* absent, or null as in a stream's early chunks */
     }
