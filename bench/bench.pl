@@ -15,6 +15,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/../t/lib";
 use AOAITest;
+use AOAITLS;
 use File::Temp qw(tempdir);
 use Getopt::Long;
 use Time::HiRes qw(time sleep);
@@ -40,6 +41,7 @@ my $mock = start_mock(name => 'bench-mock', members => [
     { name => 'scen_secondary' },
     { name => 'ngx_primary', quota => '20 10000' },
     { name => 'ngx_secondary' },
+    { name => 'fb_slow' }, { name => 'fb_fast' },
 ]);
 my %url = map { $_ => $mock->member_url($_) } keys %{ $mock->{member_port} };
 
@@ -65,7 +67,9 @@ for my $n (2, 16, 64) {
 $gw_conf .= balancer('fo', 'aoai', [fo_primary => 0], [fo_secondary => 1])
           . balancer('solo', 'aoai', [fo_secondary => 0])
           . balancer('win', 'aoai', [win_primary => 0], [win_secondary => 1])
-          . balancer('scen', 'aoai', [scen_primary => 0], [scen_secondary => 1]);
+          . balancer('scen', 'aoai', [scen_primary => 0], [scen_secondary => 1])
+          . balancer('fb', 'aoai', [fb_slow => 0], [fb_fast => 1])
+          . "<Location /fb>\n    AOAIFirstByteTimeout 500ms\n</Location>\n";
 
 my $gw = start_gateway(name => 'bench-gateway', conf => $gw_conf, loglevel => 'warn',
                        mpm => 'event');
@@ -189,6 +193,43 @@ row('1. Overhead, 2 healthy members',
             fmt($o->{byreq}), fmt($o->{aoai}), fmt($o->{direct})),
     sprintf('aoai/byrequests throughput **%.3f** (target >= 0.97); p99 %+.1f%% (target within 5%%)',
             $throughput_ratio, $p99_change));
+
+# 1b. Overhead with HTTPS members: the same comparison through a second
+# gateway whose two members are behind verified TLS (a throwaway CA), and
+# how many handshakes the members saw for all those calls.
+print STDERR "1b. overhead with HTTPS members\n";
+my $ca = AOAITLS->new;
+my $tls_mock = start_mock(name => 'bench-tls-mock', members => [
+    map { { name => $_, tls => [ $ca->issue("$_.openai.test") ] } } qw(ta tb) ]);
+my %tls_member = map { $_ => $tls_mock->member_https_url($_, "$_.openai.test") } qw(ta tb);
+my $tls_conf = "SSLProxyEngine on\nSSLProxyVerify require\nSSLProxyCheckPeerName on\n"
+             . "SSLProxyCACertificateFile " . $ca->file . "\n";
+for my $lb ([ tbyreq => 'byrequests' ], [ taoai => 'aoai' ]) {
+    $tls_conf .= "<Proxy balancer://$lb->[0]>\n"
+               . join('', map { "    BalancerMember $tls_member{$_} lbset=0 route=$_\n" } qw(ta tb))
+               . "    ProxySet lbmethod=$lb->[1]\n</Proxy>\n"
+               . "ProxyPass /$lb->[0]/openai balancer://$lb->[0]/openai\n";
+}
+my $tls_gw = start_gateway(name => 'bench-tls-gateway', conf => $tls_conf, loglevel => 'warn',
+                           mpm => 'event', tls => 1, hosts => [ map { "$_.openai.test" } qw(ta tb) ]);
+my $tls_gw_url = $tls_gw->url;
+wrk("$tls_gw_url/$_$path", 1) for qw(taoai tbyreq);
+my $t = compare(tbyreq => "$tls_gw_url/tbyreq$path", taoai => "$tls_gw_url/taoai$path");
+my ($handshakes, $tls_calls) = (0, 0);
+for my $member (qw(ta tb)) {
+    my $stats = $tls_mock->stats($member);
+    $handshakes += $stats->{connections};
+    $tls_calls += $stats->{requests};
+}
+row('1b. Overhead, 2 HTTPS members',
+    sprintf('byrequests: %s; aoai: %s; the members saw %d TLS handshakes for %d calls',
+            fmt($t->{tbyreq}), fmt($t->{taoai}), $handshakes, $tls_calls),
+    sprintf('aoai/byrequests throughput **%.3f** (target >= 0.97); p99 %+.1f%% (target within 5%%); connections reused: %.0f calls per handshake',
+            $t->{taoai}{rps} / $t->{tbyreq}{rps},
+            ($t->{taoai}{p99} - $t->{tbyreq}{p99}) / $t->{tbyreq}{p99} * 100,
+            $tls_calls / ($handshakes || 1)));
+$tls_gw->stop;
+$tls_mock->stop;
 
 # 2. Scale in members
 print STDERR "2. scale: 2, 16, 64 members, healthy and half throttled\n";
@@ -336,6 +377,23 @@ row('6. nginx (1.22, keepalive upstream)',
     sprintf('round robin over the same two members: %s', fmt($o->{nginx})),
     sprintf('nginx/byrequests throughput %.3f; see 4 for what it cannot do with Retry-After',
             $o->{nginx}{rps} / $o->{byreq}{rps}));
+
+# 7. First-byte timeout: what failing over a member that says nothing
+# costs beyond the timeout itself.
+print STDERR "7. first-byte timeout\n";
+$mock->control('fb_slow', { latency_ms => 10_000 });
+my @fb_took;
+for (1 .. ($smoke ? 3 : 10)) {
+    my $t0 = time;
+    my $res = chat($gw, path => "/fb$path", stream => 1);
+    push @fb_took, time - $t0 if ($res->{headers}{'x-aoai-backend'} // '') eq 'fb_fast';
+}
+@fb_took = sort { $a <=> $b } @fb_took;
+my $fb_median = @fb_took ? $fb_took[ int($#fb_took / 2) ] : 0;
+row('7. First-byte timeout',
+    sprintf('a member that holds its answer 10 s, AOAIFirstByteTimeout 500ms, %d streamed calls: %d served by the next member, median %.0f ms end to end',
+            $smoke ? 3 : 10, scalar @fb_took, $fb_median * 1000),
+    sprintf('**%.0f ms** from the timeout to the next member\'s whole stream', ($fb_median - 0.5) * 1000));
 
 my $errors = join ', ', map { "$_: $o->{$_}{errors}" } sort keys %$o;
 chomp(my $cpu = `grep -m1 'model name' /proc/cpuinfo | cut -d: -f2`);
