@@ -57,6 +57,24 @@ static int is_usage(const aoai_usage *u, apr_int64_t prompt,
            && u->total_tokens == total;
 }
 
+/* The same usage whether the text comes whole (step 0) or in pieces of
+ * every size from first_step to last_step. */
+static int at_every_cut(int streaming, const char *text, apr_size_t first_step,
+                        apr_size_t last_step, apr_int64_t prompt,
+                        apr_int64_t completion, apr_int64_t total)
+{
+    aoai_usage usage;
+    apr_size_t step;
+
+    for (step = first_step; step <= last_step; step++) {
+        if (!scan(streaming, text, strlen(text), step, &usage)
+            || !is_usage(&usage, prompt, completion, total)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static void json_case(const char *json, int expect_found, apr_int64_t prompt,
                       apr_int64_t completion, apr_int64_t total,
                       const char *desc)
@@ -89,8 +107,6 @@ static const char stream[] =
 int main(void)
 {
     aoai_usage usage;
-    apr_size_t step;
-    int all_steps;
     char *big, *text;
     apr_size_t length;
 
@@ -138,14 +154,8 @@ int main(void)
     json_case("{\"usage\":{\"total_tokens\":2,\"total_tokens\":3}}", 0, 0, 0,
               0, "duplicate keys inside usage: rejected");
 
-    all_steps = 1;
-    for (step = 1; step <= 64; step++) {
-        if (!scan(0, chat_completion, strlen(chat_completion), step, &usage)
-            || !is_usage(&usage, 19, 7, 26)) {
-            all_steps = 0;
-        }
-    }
-    ok(all_steps, "JSON cut into pieces of 1..64 bytes reads the same");
+    ok(at_every_cut(0, chat_completion, 1, 64, 19, 7, 26),
+       "JSON cut into pieces of 1..64 bytes reads the same");
 
     length = 1024 * 1024 + 100;
     big = apr_palloc(pool, length + 64);
@@ -157,14 +167,8 @@ int main(void)
        && is_usage(&usage, 0, 0, 5), "one of exactly 1 MiB is read");
 
     /* --- SSE streams ------------------------------------------------ */
-    all_steps = 1;
-    for (step = 0; step <= 80; step++) {
-        if (!scan(1, stream, strlen(stream), step, &usage)
-            || !is_usage(&usage, 11, 4, 15)) {
-            all_steps = 0;
-        }
-    }
-    ok(all_steps, "the final usage chunk, however the stream is cut");
+    ok(at_every_cut(1, stream, 0, 80, 11, 4, 15),
+       "the final usage chunk, however the stream is cut");
 
     text = apr_pstrcat(pool, "data: {\"usage\":{\"total_tokens\":3}}\r\n\r\n",
                        "data: {\"usage\":{\"prompt_tokens\":1,"
