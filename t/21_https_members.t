@@ -14,6 +14,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use Time::HiRes qw(time);
 use AOAITest;
 use AOAITLS;
 
@@ -54,6 +55,7 @@ SSLProxyCACertificateFile $ca_file
     BalancerMember $url{farm1} lbset=0 route=farm1
     BalancerMember $url{farm0} lbset=1 route=farm0
     ProxySet lbmethod=aoai
+    AOAIFirstByteTimeout 800ms
 </Proxy>
 $bad_balancers
 ProxyPass /aoai-status !
@@ -71,6 +73,16 @@ my $stats = $mock->stats('farm1');
 is($stats->{last_sni}, 'farm1.openai.test', 'farm1 saw its own name in SNI');
 is($stats->{last_host}, "farm1.openai.test:$mock->{member_port}{farm1}",
    'and its own Host header');
+
+# The first-byte timeout holds over TLS too: it counts from the request to
+# the first byte of the decrypted answer, not to the handshake.
+$mock->control('farm1', { latency_ms => 2500 });
+my $t0 = time;
+$res = chat($gw, stream => 1);
+my $took = time - $t0;
+is($res->{headers}{'x-aoai-backend'}, 'farm0', 'a silent HTTPS member: the stream fails over at the first-byte timeout');
+ok($took >= 0.7 && $took < 2.3, sprintf('  after %.2f s, not the member\'s 2.5 s', $took));
+$mock->control('farm1', { latency_ms => 0 });
 
 $mock->control('farm1', { force_status => 429, force_count => 1, retry_after_ms => 3000 });
 $res = chat($gw);
