@@ -197,6 +197,23 @@ static apr_status_t kept_body_filter(ap_filter_t *f, apr_bucket_brigade *bb,
     return APR_SUCCESS;
 }
 
+/* Whether the call asks for a stream: "stream": true at the top level of
+ * its JSON body.  Most calls do not mention "stream" at all, and looking
+ * for the word is far cheaper than walking the body's structure. */
+static int is_streamed(const aoai_kept_body *kept)
+{
+    const char *stream;
+    apr_size_t length;
+
+    if (!kept->length
+        || !memmem(kept->data, kept->length, "\"stream\"", 8)) {
+        return 0;
+    }
+    return aoai_json_top_level(kept->data, kept->length, "stream", &stream,
+                               &length)
+           && length >= 4 && !memcmp(stream, "true", 4);
+}
+
 /* Reads the client's body once.  Returns OK, or an HTTP status the client
  * has earned (413, 400, 408...) for which the caller sends a JSON error. */
 static int keep_request_body(request_rec *r, const aoai_dir_conf *conf,
@@ -802,16 +819,9 @@ static int aoai_proxy_handler(request_rec *r)
                       balancer->s->name, why);
         return send_json_error(r, rc, apr_itoa(r->pool, rc), why);
     }
-    if (conf->first_byte_timeout) {
-        const char *stream;
-        apr_size_t length;
-
-        if (conf->first_byte_all
-            || (aoai_json_top_level(kept->data, kept->length, "stream",
-                                    &stream, &length)
-                && length >= 4 && !memcmp(stream, "true", 4))) {
-            state->first_byte_timeout = conf->first_byte_timeout;
-        }
+    if (conf->first_byte_timeout
+        && (conf->first_byte_all || is_streamed(kept))) {
+        state->first_byte_timeout = conf->first_byte_timeout;
     }
     kept_body_input = ap_add_input_filter_handle(kept_body_filter_handle,
                                                  kept, r, r->connection);
