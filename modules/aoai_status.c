@@ -457,34 +457,33 @@ static int status_handler(request_rec *r)
     return OK;
 }
 
+static apr_status_t refresh_balancer_marks(server_rec *s,
+                                           proxy_balancer *balancer,
+                                           void *baton)
+{
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    apr_time_t now = *(apr_time_t *)baton;
+    int i;
+
+    (void)s;
+    for (i = 0; i < balancer->workers->nelts; i++) {
+        aoai_member_mark(workers[i], aoai_throttle_slot(balancer, workers[i]),
+                         now);
+    }
+    return APR_SUCCESS;
+}
+
 /* Runs before the stock page draws itself, so that it shows the windows
  * as they are now, traffic or not. */
 static int refresh_marks(request_rec *r)
 {
-    proxy_server_conf *proxy_conf;
-    proxy_balancer *balancer;
     apr_time_t now;
-    int i;
 
     if (!r->handler || strcmp(r->handler, "balancer-manager")) {
         return DECLINED;
     }
-    proxy_conf = ap_get_module_config(r->server->module_config,
-                                      &proxy_module);
     now = apr_time_now();
-    balancer = (proxy_balancer *)proxy_conf->balancers->elts;
-    for (i = 0; i < proxy_conf->balancers->nelts; i++, balancer++) {
-        proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
-        int j;
-
-        if (balancer->lbmethod != &aoai_lbmethod) {
-            continue;
-        }
-        for (j = 0; j < balancer->workers->nelts; j++) {
-            aoai_member_mark(workers[j],
-                             aoai_throttle_slot(balancer, workers[j]), now);
-        }
-    }
+    aoai_for_each_balancer(ap_server_conf, refresh_balancer_marks, &now);
     return DECLINED;
 }
 
