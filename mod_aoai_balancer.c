@@ -95,6 +95,8 @@ static void *create_server_conf(apr_pool_t *p, server_rec *s)
 
     (void)s;
     conf->table_slots = AOAI_DEFAULT_TABLE_SLOTS;
+    conf->cache_sync = AOAI_DEFAULT_CACHE_SYNC;
+    conf->cache_timeout = AOAI_DEFAULT_CACHE_TIMEOUT;
     return conf;
 }
 
@@ -320,6 +322,56 @@ static const char *set_table_size(cmd_parms *cmd, void *dummy,
     return NULL;
 }
 
+static const char *set_shared_cache(cmd_parms *cmd, void *dummy,
+                                    const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+
+    (void)dummy;
+    if (err) {
+        return err;
+    }
+    return aoai_shared_cache_set(cmd, ap_get_module_config(
+        cmd->server->module_config, &aoai_balancer_module), arg);
+}
+
+/* AOAISharedCacheSync and AOAISharedCacheTimeout: a duration in a range. */
+static const char *set_cache_duration(cmd_parms *cmd, void *dummy,
+                                      const char *arg)
+{
+    aoai_server_conf *conf = ap_get_module_config(cmd->server->module_config,
+                                                  &aoai_balancer_module);
+    int is_sync = (cmd->info != NULL);
+    apr_interval_time_t low = is_sync ? apr_time_from_msec(100)
+                                      : apr_time_from_msec(1);
+    apr_interval_time_t high = is_sync ? apr_time_from_sec(60)
+                                       : apr_time_from_sec(10);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    apr_interval_time_t value;
+
+    (void)dummy;
+    if (err) {
+        return err;
+    }
+    if ((err = parse_window(cmd, arg, &value))) {
+        return err;
+    }
+    if (value < low || value > high) {
+        return apr_psprintf(cmd->pool, "%s: %s is outside %s",
+                            cmd->cmd->name, arg,
+                            is_sync ? "100ms-60s (mod_watchdog runs tasks in "
+                                      "100 ms steps)"
+                                    : "1ms-10s");
+    }
+    if (is_sync) {
+        conf->cache_sync = value;
+    }
+    else {
+        conf->cache_timeout = value;
+    }
+    return NULL;
+}
+
 static const char *set_first_byte(cmd_parms *cmd, void *dconf,
                                   const char *timeout, const char *scope)
 {
@@ -389,6 +441,17 @@ static const command_rec aoai_cmds[] =
                    "(calls with \"stream\": true, the default) or 'all'"),
     AP_INIT_TAKE1("AOAIThrottleTableSize", set_table_size, NULL, RSRC_CONF,
                   "Slots in the shared throttle table (default 512)"),
+    AP_INIT_TAKE1("AOAISharedCache", set_shared_cache, NULL, RSRC_CONF,
+                  "provider:argument of a socache shared with the other "
+                  "gateways, as in redis:host:port or memcache:host:port, "
+                  "or none"),
+    AP_INIT_TAKE1("AOAISharedCacheSync", set_cache_duration, "sync",
+                  RSRC_CONF,
+                  "How often the shared cache is read (default 250ms)"),
+    AP_INIT_TAKE1("AOAISharedCacheTimeout", set_cache_duration, NULL,
+                  RSRC_CONF,
+                  "Longest a request waits to store a window in the shared "
+                  "cache (default 50ms)"),
     {NULL, {NULL}, NULL, 0, 0, NULL}
 };
 
@@ -504,21 +567,24 @@ static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     if (aoai_throttle_post_config(pconf, s, conf->table_slots) != APR_SUCCESS) {
         return !OK;
     }
-    return OK;
+    return aoai_shared_cache_post_config(pconf, s, conf);
 }
 
 static void register_hooks(apr_pool_t *p)
 {
     static const char *const after_balancer[] = { "mod_proxy_balancer.c",
                                                   NULL };
+    /* mod_watchdog starts the tasks registered before its post_config. */
+    static const char *const before_watchdog[] = { "mod_watchdog.c", NULL };
 
     ap_register_provider(p, PROXY_LBMETHOD, AOAI_LBMETHOD_NAME, "0",
                          &aoai_lbmethod);
     ap_hook_check_config(aoai_check_config, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_hook_post_config(aoai_post_config, after_balancer, NULL,
+    ap_hook_post_config(aoai_post_config, after_balancer, before_watchdog,
                         APR_HOOK_MIDDLE);
     aoai_failover_register_hooks(p);
     aoai_status_register_hooks(p);
+    aoai_shared_cache_register_hooks(p);
 }
 
 AP_DECLARE_MODULE(aoai_balancer) = {

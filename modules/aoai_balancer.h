@@ -20,6 +20,9 @@
  *                            before a byte reaches the client.
  *   aoai_usage.c             the "usage" of an answer, JSON or SSE, read
  *                            with jansson as the answer goes by.
+ *   aoai_shared_cache.c      throttle windows shared between gateways
+ *                            through a socache provider (redis, memcache):
+ *                            published on a 429, read by a mod_watchdog task.
  *   aoai_status.c            what the balancer is doing, shown: the mark on
  *                            the balancer-manager page, a server-status
  *                            section, the aoai-balancer-status JSON handler.
@@ -44,6 +47,8 @@
 #define AOAI_DEFAULT_BACKEND_HEADER  "x-aoai-backend"
 #define AOAI_DEFAULT_TABLE_SLOTS     512
 #define AOAI_DEFAULT_FIRST_BYTE      apr_time_from_sec(30)
+#define AOAI_DEFAULT_CACHE_SYNC      apr_time_from_msec(250)
+#define AOAI_DEFAULT_CACHE_TIMEOUT   apr_time_from_msec(50)
 
 /* Key labels longer than this are refused in the key file: the label is
  * kept in shared memory with the tokens it used. */
@@ -95,10 +100,38 @@ typedef struct {
     unsigned int first_byte_timeout_set:1;
 } aoai_dir_conf;
 
+struct ap_socache_provider_t;
+struct ap_socache_instance_t;
+
+/* Only the main server's is used: every directive here is global. */
 typedef struct {
     int table_slots;
+    const struct ap_socache_provider_t *cache_provider; /* NULL: not shared */
+    struct ap_socache_instance_t *cache_instance;
+    const char *cache_provider_name;
+    apr_interval_time_t cache_sync;       /* AOAISharedCacheSync */
+    apr_interval_time_t cache_timeout;    /* AOAISharedCacheTimeout */
     unsigned int table_slots_set:1;
+    unsigned int cache_set:1;
 } aoai_server_conf;
+
+/* What the shared cache has done, for the status pages. */
+typedef enum {
+    AOAI_CACHE_SYNCS,             /* syncs that read every member */
+    AOAI_CACHE_SYNC_FAILURES,
+    AOAI_CACHE_PUBLISHED,         /* windows stored */
+    AOAI_CACHE_PUBLISH_FAILURES,
+    AOAI_CACHE_LEARNED,           /* remote windows that moved a local one */
+    AOAI_CACHE_REJECTED,          /* values that were not a window's end */
+    AOAI_CACHE_COUNTER_COUNT
+} aoai_cache_counter;
+
+typedef struct {
+    const char *provider;
+    int reachable;
+    apr_time_t last_sync;         /* 0: none yet */
+    apr_uint64_t counters[AOAI_CACHE_COUNTER_COUNT];
+} aoai_cache_view;
 
 /* One member's shared record.  Written only with atomics: any child
  * process or thread may raise a window at any time. */
@@ -215,6 +248,16 @@ int aoai_usage_scan_finish(aoai_usage_scan *scan);
 void aoai_status_register_hooks(apr_pool_t *p);
 void aoai_member_mark(proxy_worker *worker, aoai_member_slot *slot,
                       apr_time_t now);
+
+/* aoai_shared_cache.c */
+const char *aoai_shared_cache_set(cmd_parms *cmd, aoai_server_conf *conf,
+                                  const char *arg);
+int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
+                                  const aoai_server_conf *conf);
+void aoai_shared_cache_publish(request_rec *r, proxy_balancer *balancer,
+                               proxy_worker *worker, apr_time_t until);
+int aoai_shared_cache_view(aoai_cache_view *view);
+void aoai_shared_cache_register_hooks(apr_pool_t *p);
 
 /* aoai_window.c */
 apr_time_t aoai_window_read(const volatile apr_uint64_t *end);

@@ -397,7 +397,11 @@ static void record_throttle(request_rec *r, aoai_request_state *state)
     if (window > conf->throttle_max) {
         window = conf->throttle_max;
     }
-    aoai_throttle_raise(slot, now + window);
+    if (aoai_throttle_raise(slot, now + window)) {
+        /* Only a window that moved is news to the other gateways. */
+        aoai_shared_cache_publish(r, state->balancer, state->worker,
+                                  now + window);
+    }
     if (r->status == HTTP_TOO_MANY_REQUESTS) {
         aoai_member_note_window(slot, now, window);
     }

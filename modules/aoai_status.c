@@ -196,6 +196,60 @@ static double weight(const proxy_worker *worker)
 /* ------------------------------------------------------------------ */
 /* server-status                                                        */
 
+/* Milliseconds since the shared cache's last good sync; -1 for none. */
+static apr_int64_t sync_age_ms(const aoai_cache_view *cache, apr_time_t now)
+{
+    return cache->last_sync ? apr_time_as_msec(now - cache->last_sync) : -1;
+}
+
+static void cache_html(request_rec *r, apr_time_t now)
+{
+    aoai_cache_view cache;
+    const apr_uint64_t *c = cache.counters;
+
+    if (!aoai_shared_cache_view(&cache)) {
+        ap_rputs("<p>Shared cache: none (AOAISharedCache): throttle windows "
+                 "are this gateway's own.</p>\n", r);
+        return;
+    }
+    ap_rvputs(r, "<p>Shared cache: ", ap_escape_html(r->pool, cache.provider),
+              cache.reachable ? ", reachable" : ", <b>unreachable</b>", NULL);
+    if (cache.last_sync) {
+        ap_rprintf(r, ", last synced %s (%" APR_INT64_T_FMT " ms ago)",
+                   iso_time(r->pool, cache.last_sync),
+                   sync_age_ms(&cache, now));
+    }
+    ap_rprintf(r, "; %" APR_UINT64_T_FMT " syncs, %" APR_UINT64_T_FMT
+               " failed; %" APR_UINT64_T_FMT " windows published, %"
+               APR_UINT64_T_FMT " failed; %" APR_UINT64_T_FMT " learned "
+               "from other gateways; %" APR_UINT64_T_FMT " values "
+               "rejected.</p>\n", c[AOAI_CACHE_SYNCS],
+               c[AOAI_CACHE_SYNC_FAILURES], c[AOAI_CACHE_PUBLISHED],
+               c[AOAI_CACHE_PUBLISH_FAILURES], c[AOAI_CACHE_LEARNED],
+               c[AOAI_CACHE_REJECTED]);
+}
+
+static void cache_auto(request_rec *r, apr_time_t now)
+{
+    aoai_cache_view cache;
+    const apr_uint64_t *c = cache.counters;
+
+    if (!aoai_shared_cache_view(&cache)) {
+        ap_rputs("AOAISharedCache: off\n", r);
+        return;
+    }
+    ap_rprintf(r, "AOAISharedCache: provider=%s reachable=%d "
+               "last_sync_age_ms=%" APR_INT64_T_FMT " syncs=%"
+               APR_UINT64_T_FMT " sync_failures=%" APR_UINT64_T_FMT
+               " published=%" APR_UINT64_T_FMT " publish_failures=%"
+               APR_UINT64_T_FMT " learned=%" APR_UINT64_T_FMT " rejected=%"
+               APR_UINT64_T_FMT "\n", cache.provider, cache.reachable,
+               sync_age_ms(&cache, now), c[AOAI_CACHE_SYNCS],
+               c[AOAI_CACHE_SYNC_FAILURES], c[AOAI_CACHE_PUBLISHED],
+               c[AOAI_CACHE_PUBLISH_FAILURES], c[AOAI_CACHE_LEARNED],
+               c[AOAI_CACHE_REJECTED]);
+}
+
 static void status_html(request_rec *r, const aoai_snapshot *snapshot)
 {
     const aoai_member_view *views =
@@ -205,6 +259,7 @@ static void status_html(request_rec *r, const aoai_snapshot *snapshot)
 
     ap_rputs("<hr />\n<h2>Azure OpenAI balancers (mod_aoai_balancer)</h2>\n",
              r);
+    cache_html(r, snapshot->now);
     for (i = 0; i < snapshot->members->nelts; i++) {
         const aoai_member_view *view = &views[i];
         const apr_uint64_t *c = view->stats.counters;
@@ -348,6 +403,7 @@ static int aoai_status_hook(request_rec *r, int flags)
         return OK;
     }
     if (flags & AP_STATUS_SHORT) {
+        cache_auto(r, snapshot->now);
         status_auto(r, snapshot);
     }
     else {
@@ -409,6 +465,32 @@ static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
     return member;
 }
 
+static json_t *cache_json(apr_pool_t *pool, apr_time_t now)
+{
+    aoai_cache_view cache;
+    const apr_uint64_t *c = cache.counters;
+
+    if (!aoai_shared_cache_view(&cache)) {
+        return json_pack("{s:b}", "configured", 0);
+    }
+    return json_pack("{s:b,s:s,s:b,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:I}",
+        "configured", 1,
+        "provider", cache.provider,
+        "reachable", cache.reachable,
+        "last_sync", cache.last_sync
+                     ? json_string(iso_time(pool, cache.last_sync))
+                     : json_null(),
+        "last_sync_age_ms", cache.last_sync
+                            ? json_integer(sync_age_ms(&cache, now))
+                            : json_null(),
+        "syncs", (json_int_t)c[AOAI_CACHE_SYNCS],
+        "sync_failures", (json_int_t)c[AOAI_CACHE_SYNC_FAILURES],
+        "published", (json_int_t)c[AOAI_CACHE_PUBLISHED],
+        "publish_failures", (json_int_t)c[AOAI_CACHE_PUBLISH_FAILURES],
+        "learned", (json_int_t)c[AOAI_CACHE_LEARNED],
+        "rejected", (json_int_t)c[AOAI_CACHE_REJECTED]);
+}
+
 static int status_handler(request_rec *r)
 {
     aoai_snapshot *snapshot;
@@ -438,8 +520,9 @@ static int status_handler(request_rec *r)
         json_array_append_new(members, member_json(r->pool, &views[i],
                                                    snapshot->now));
     }
-    root = json_pack("{s:s,s:o}", "time", iso_time(r->pool, snapshot->now),
-                     "balancers", balancers);
+    root = json_pack("{s:s,s:o,s:o}", "time", iso_time(r->pool, snapshot->now),
+                     "balancers", balancers,
+                     "shared_cache", cache_json(r->pool, snapshot->now));
     text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(root);
     if (!text) {

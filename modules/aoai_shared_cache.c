@@ -1,0 +1,741 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * Throttle windows shared between gateways, through an ap_socache provider
+ * (mod_socache_redis, mod_socache_memcache): AOAISharedCache.
+ *
+ * The request path keeps reading shared memory only.  The cache is touched
+ * in two places, neither of them a member pick:
+ *
+ *   publish  a request that raised a member's window hands the new end to
+ *            its child's publisher thread and waits for the store at most
+ *            AOAISharedCacheTimeout.  The wait is there so that, normally,
+ *            the window is in the cache before the client has its answer;
+ *            the thread is there because no provider call can be given a
+ *            deadline (apr_memcache waits on a hung server forever).
+ *   sync     one mod_watchdog singleton per gateway reads every member's
+ *            key each AOAISharedCacheSync and raises the local window to
+ *            the remote one, clamped to AOAIThrottleMax.
+ *
+ * A key names the balancer and the member: the first 16 bytes of
+ * SHA-256("balancer\0member"), which the provider turns into hex under the
+ * "aoai-balancer:" namespace.  Its value is the window's end in epoch
+ * milliseconds, in decimal: absolute, so it means the same on every host
+ * whose clock is right (README: "Clocks").
+ *
+ * The cache's state (reachable, last sync, counters) lives in a small
+ * shared segment so that any child's status page can show it.
+ */
+
+#include "aoai_balancer.h"
+
+#include "apr_atomic.h"
+#include "apr_lib.h"
+#include "apr_shm.h"
+#include "apr_strings.h"
+#include "apr_thread_cond.h"
+#include "apr_thread_mutex.h"
+#include "apr_thread_proc.h"
+
+#include "ap_provider.h"
+#include "ap_socache.h"
+#include "http_log.h"
+#include "mod_watchdog.h"
+
+#include <openssl/evp.h>
+
+APLOG_USE_MODULE(aoai_balancer);
+
+/* A socache namespace becomes "namespace:" and must fit in 16 bytes. */
+#define AOAI_CACHE_NAMESPACE "aoai-balancer"
+#define AOAI_CACHE_ID_LENGTH 16
+#define AOAI_WATCHDOG_NAME   "_aoai_balancer_"
+/* Pending publishes per child; more distinct members than this throttled
+ * within one store's time is not a real estate. */
+#define AOAI_PUBLISH_QUEUE   64
+/* 15 digits of milliseconds reach the year 33658; more is garbage and
+ * could not be turned into an apr_time_t without overflow. */
+#define AOAI_CACHE_VALUE_MAX 15
+#define AOAI_LOG_REMINDER    apr_time_from_sec(60)
+
+typedef enum {
+    AOAI_CACHE_UNKNOWN = 0,   /* no sync has finished yet */
+    AOAI_CACHE_REACHABLE,
+    AOAI_CACHE_UNREACHABLE
+} aoai_cache_reach;
+
+/* Shared by every child: written by the sync and the publishers. */
+typedef struct {
+    volatile apr_uint32_t reach;            /* aoai_cache_reach */
+    volatile apr_uint64_t last_sync;        /* apr_time_t of the last good one */
+    volatile apr_uint64_t unreachable_since;
+    volatile apr_uint64_t last_reminder;    /* "still unreachable" logged */
+    volatile apr_uint64_t last_garbage_log;
+    volatile apr_uint64_t counters[AOAI_CACHE_COUNTER_COUNT];
+} aoai_cache_shared;
+
+/* One member the sync reads.  Built in post_config; the watchdog thread
+ * is the only writer of last_remote_ms afterwards. */
+typedef struct {
+    proxy_balancer *balancer;
+    proxy_worker *worker;
+    aoai_member_slot *slot;
+    apr_interval_time_t throttle_max;
+    unsigned char id[AOAI_CACHE_ID_LENGTH];
+    apr_int64_t last_remote_ms;   /* the remote value last applied */
+} aoai_sync_member;
+
+typedef struct {
+    unsigned char id[AOAI_CACHE_ID_LENGTH];
+    apr_time_t until;
+} aoai_publish_job;
+
+/* One per child process. */
+typedef struct {
+    apr_thread_mutex_t *lock;
+    apr_thread_cond_t *work_queued;
+    apr_thread_cond_t *work_done;
+    apr_thread_t *thread;
+    aoai_publish_job pending[AOAI_PUBLISH_QUEUE];
+    int pending_count;
+    apr_uint64_t queued_ticket;   /* last ticket handed to a request */
+    apr_uint64_t done_ticket;     /* every ticket up to this is stored */
+    int storing;                  /* inside a provider call */
+    int stopping;
+} aoai_publisher;
+
+/* This generation's view, set in post_config (parent) and inherited. */
+static struct {
+    const ap_socache_provider_t *provider;
+    ap_socache_instance_t *instance;
+    const char *provider_name;
+    apr_interval_time_t sync_interval;
+    apr_interval_time_t timeout;
+    server_rec *server;           /* for the module's own log lines */
+    server_rec *provider_server;  /* handed to the provider; see below */
+    apr_array_header_t *members;  /* aoai_sync_member */
+    unsigned char heartbeat_id[AOAI_CACHE_ID_LENGTH];
+    aoai_cache_shared *shared;
+} cache;
+
+static aoai_publisher *publisher;   /* this child's */
+
+static APR_OPTIONAL_FN_TYPE(ap_watchdog_get_instance) *watchdog_get_instance;
+static APR_OPTIONAL_FN_TYPE(ap_watchdog_register_callback) *watchdog_register;
+
+/* ------------------------------------------------------------------ */
+/* Configuration                                                        */
+
+const char *aoai_shared_cache_set(cmd_parms *cmd, aoai_server_conf *conf,
+                                  const char *arg)
+{
+    const char *colon = ap_strchr_c(arg, ':');
+    const char *name = colon ? apr_pstrmemdup(cmd->temp_pool, arg,
+                                              colon - arg)
+                             : arg;
+    const ap_socache_provider_t *provider;
+    const char *err;
+
+    conf->cache_set = 1;
+    if (!strcasecmp(arg, "none")) {
+        conf->cache_provider = NULL;
+        return NULL;
+    }
+    provider = ap_lookup_provider(AP_SOCACHE_PROVIDER_GROUP, name,
+                                  AP_SOCACHE_PROVIDER_VERSION);
+    if (!provider) {
+        return apr_psprintf(cmd->pool, "AOAISharedCache: no socache provider "
+                            "named '%s' is loaded (for redis:host:port, "
+                            "LoadModule socache_redis_module; for "
+                            "memcache:host:port, LoadModule "
+                            "socache_memcache_module)", name);
+    }
+    /* shmcb and dbm need a lock and keep their data on one host: they
+     * would share nothing with another gateway. */
+    if (provider->flags & AP_SOCACHE_FLAG_NOTMPSAFE) {
+        return apr_psprintf(cmd->pool, "AOAISharedCache: the '%s' provider "
+                            "keeps its data on this host, so other gateways "
+                            "could not see it; name a networked one such as "
+                            "redis:host:port or memcache:host:port", name);
+    }
+    err = provider->create(&conf->cache_instance, colon ? colon + 1 : NULL,
+                           cmd->temp_pool, cmd->pool);
+    if (err) {
+        return apr_psprintf(cmd->pool, "AOAISharedCache %s: %s", arg, err);
+    }
+    conf->cache_provider = provider;
+    conf->cache_provider_name = apr_pstrdup(cmd->pool, name);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Keys, values, state                                                  */
+
+static void member_id(const char *balancer_name, const char *member_name,
+                      unsigned char id[AOAI_CACHE_ID_LENGTH])
+{
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int digest_length = 0;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+
+    memset(id, 0, AOAI_CACHE_ID_LENGTH);
+    if (md && EVP_DigestInit_ex(md, EVP_sha256(), NULL)
+        && EVP_DigestUpdate(md, balancer_name, strlen(balancer_name) + 1)
+        && EVP_DigestUpdate(md, member_name, strlen(member_name))
+        && EVP_DigestFinal_ex(md, digest, &digest_length)
+        && digest_length >= AOAI_CACHE_ID_LENGTH) {
+        memcpy(id, digest, AOAI_CACHE_ID_LENGTH);
+    }
+    EVP_MD_CTX_free(md);
+}
+
+/* Only plain decimal milliseconds: anything else another writer put under
+ * the key is garbage, never a window. */
+static int parse_window_end(const char *value, apr_size_t length,
+                            apr_int64_t *end_ms)
+{
+    apr_int64_t ms = 0;
+    apr_size_t i;
+
+    if (length == 0 || length > AOAI_CACHE_VALUE_MAX) {
+        return 0;
+    }
+    for (i = 0; i < length; i++) {
+        if (!apr_isdigit(value[i])) {
+            return 0;
+        }
+        ms = ms * 10 + (value[i] - '0');
+    }
+    *end_ms = ms;
+    return 1;
+}
+
+static void count(aoai_cache_counter counter)
+{
+    apr_atomic_inc64(&cache.shared->counters[counter]);
+}
+
+/* The provider logs every failed call itself, at error level: with the
+ * cache down that is a line per member per sync.  It is handed a copy of
+ * the main server that logs only emergencies, and the module logs one
+ * line when the cache goes away, a reminder a minute, and one when it is
+ * back.  LogLevel debug hands it the real server again. */
+static server_rec *quiet_server(apr_pool_t *pconf, server_rec *s)
+{
+    server_rec *quiet;
+
+    if (s->log.level >= APLOG_DEBUG) {
+        return s;
+    }
+    quiet = apr_pmemdup(pconf, s, sizeof(*s));
+    quiet->log.module_levels = NULL;
+    quiet->log.level = APLOG_EMERG;
+    return quiet;
+}
+
+static void note_unreachable(apr_status_t rv, const char *what)
+{
+    apr_time_t now = apr_time_now();
+    apr_uint32_t was = apr_atomic_xchg32(&cache.shared->reach,
+                                         AOAI_CACHE_UNREACHABLE);
+
+    if (was != AOAI_CACHE_UNREACHABLE) {
+        apr_atomic_set64(&cache.shared->unreachable_since, (apr_uint64_t)now);
+        apr_atomic_set64(&cache.shared->last_reminder, (apr_uint64_t)now);
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, cache.server, APLOGNO(10935)
+                     "AOAISharedCache %s is unreachable (%s failed): "
+                     "throttle windows are not shared with other gateways "
+                     "until it answers again; this gateway goes on with "
+                     "its own", cache.provider_name, what);
+        return;
+    }
+    {
+        apr_uint64_t last = apr_atomic_read64(&cache.shared->last_reminder);
+        if (now - (apr_time_t)last >= AOAI_LOG_REMINDER
+            && apr_atomic_cas64(&cache.shared->last_reminder,
+                                (apr_uint64_t)now, last) == last) {
+            apr_time_t since = (apr_time_t)apr_atomic_read64(
+                &cache.shared->unreachable_since);
+            ap_log_error(APLOG_MARK, APLOG_ERR, rv, cache.server,
+                         APLOGNO(10935) "AOAISharedCache %s is still "
+                         "unreachable, for %" APR_TIME_T_FMT " s now (%s "
+                         "failed)", cache.provider_name,
+                         apr_time_sec(now - since), what);
+        }
+    }
+}
+
+static void note_reachable(apr_time_t now)
+{
+    apr_uint32_t was = apr_atomic_xchg32(&cache.shared->reach,
+                                         AOAI_CACHE_REACHABLE);
+
+    apr_atomic_set64(&cache.shared->last_sync, (apr_uint64_t)now);
+    if (was == AOAI_CACHE_UNREACHABLE) {
+        apr_time_t since = (apr_time_t)apr_atomic_read64(
+            &cache.shared->unreachable_since);
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, cache.server,
+                     APLOGNO(10936) "AOAISharedCache %s is reachable again "
+                     "after %" APR_TIME_T_FMT " ms; sharing throttle "
+                     "windows resumes", cache.provider_name,
+                     apr_time_as_msec(now - since));
+    }
+}
+
+static void note_garbage(const aoai_sync_member *member, const char *value,
+                         apr_size_t length, apr_time_t now)
+{
+    apr_uint64_t last = apr_atomic_read64(&cache.shared->last_garbage_log);
+
+    count(AOAI_CACHE_REJECTED);
+    if ((last && now - (apr_time_t)last < AOAI_LOG_REMINDER)
+        || apr_atomic_cas64(&cache.shared->last_garbage_log,
+                            (apr_uint64_t)now, last) != last) {
+        return;
+    }
+    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, cache.server, APLOGNO(10937)
+                 "AOAISharedCache %s holds '%.*s' for member %s of %s, "
+                 "which is not a window's end in epoch milliseconds; "
+                 "ignored (logged at most once a minute)",
+                 cache.provider_name, (int)(length > 32 ? 32 : length),
+                 value, member->worker->s->name_ex, member->balancer->s->name);
+}
+
+/* ------------------------------------------------------------------ */
+/* Sync: the watchdog singleton                                          */
+
+static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
+                                 apr_pool_t *pool)
+{
+    char value[AOAI_CACHE_VALUE_MAX + 2];
+    unsigned int length = sizeof(value) - 1;
+    apr_int64_t end_ms;
+    apr_time_t until;
+    apr_status_t rv;
+
+    rv = cache.provider->retrieve(cache.instance, cache.provider_server,
+                                  member->id, AOAI_CACHE_ID_LENGTH,
+                                  (unsigned char *)value, &length, pool);
+    if (rv == APR_NOTFOUND) {
+        return APR_SUCCESS;
+    }
+    if (rv == APR_ENOMEM || rv == APR_ENOSPC) {
+        /* The cache answered, with more than any window needs. */
+        note_garbage(member, "(too long)", 10, now);
+        return APR_SUCCESS;
+    }
+    if (rv != APR_SUCCESS) {
+        return rv;
+    }
+    if (!parse_window_end(value, length, &end_ms)) {
+        note_garbage(member, value, length, now);
+        return APR_SUCCESS;
+    }
+    /* Each value is applied once: a stale far-future value clamped to
+     * AOAIThrottleMax must not re-park the member on every sync. */
+    if (end_ms == member->last_remote_ms) {
+        return APR_SUCCESS;
+    }
+    member->last_remote_ms = end_ms;
+    until = apr_time_from_msec(end_ms);
+    if (until <= now) {
+        return APR_SUCCESS;
+    }
+    if (until - now > member->throttle_max) {
+        until = now + member->throttle_max;
+    }
+    if (aoai_throttle_raise(member->slot, until)) {
+        count(AOAI_CACHE_LEARNED);
+        aoai_member_mark(member->worker, member->slot, now);
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, cache.server, APLOGNO(10938)
+                     "%s: member %s is throttled for %" APR_TIME_T_FMT
+                     " ms, as another gateway saw", member->balancer->s->name,
+                     member->worker->s->name_ex,
+                     apr_time_as_msec(until - now));
+    }
+    return APR_SUCCESS;
+}
+
+/* apr_redis and apr_memcache answer "not found" to every read while they
+ * hold their server for dead, so an absent key proves nothing.  A store
+ * never answers that: the sync starts with one, of this key. */
+static apr_status_t store_heartbeat(apr_time_t now, apr_pool_t *pool)
+{
+    char value[AOAI_CACHE_VALUE_MAX + 2];
+    int length = apr_snprintf(value, sizeof(value), "%" APR_INT64_T_FMT,
+                              apr_time_as_msec(now));
+
+    return cache.provider->store(cache.instance, cache.provider_server,
+                                 cache.heartbeat_id, AOAI_CACHE_ID_LENGTH,
+                                 now + apr_time_from_sec(10),
+                                 (unsigned char *)value,
+                                 (unsigned int)length, pool);
+}
+
+static apr_status_t sync_tick(int state, void *baton, apr_pool_t *pool)
+{
+    apr_time_t now = apr_time_now();
+    apr_status_t rv;
+    int i;
+
+    (void)baton;
+    if (state != AP_WATCHDOG_STATE_RUNNING) {
+        return APR_SUCCESS;
+    }
+    rv = store_heartbeat(now, pool);
+    for (i = 0; rv == APR_SUCCESS && i < cache.members->nelts; i++) {
+        /* One failed read says enough; the next tick tries again. */
+        rv = merge_member(&APR_ARRAY_IDX(cache.members, i, aoai_sync_member),
+                          now, pool);
+    }
+    if (rv == APR_SUCCESS) {
+        count(AOAI_CACHE_SYNCS);
+        note_reachable(apr_time_now());
+    }
+    else {
+        count(AOAI_CACHE_SYNC_FAILURES);
+        note_unreachable(rv, "the sync");
+    }
+    /* Anything but success would stop mod_watchdog calling again. */
+    return APR_SUCCESS;
+}
+
+/* ------------------------------------------------------------------ */
+/* Publish: one thread per child                                        */
+
+static apr_status_t store_window(const aoai_publish_job *job, apr_pool_t *pool)
+{
+    char value[AOAI_CACHE_VALUE_MAX + 2];
+    int length = apr_snprintf(value, sizeof(value), "%" APR_INT64_T_FMT,
+                              apr_time_as_msec(job->until));
+
+    /* Providers keep whole seconds and refuse an expiry under one; the
+     * value itself says exactly when the window ends. */
+    return cache.provider->store(cache.instance, cache.provider_server,
+                                 job->id, AOAI_CACHE_ID_LENGTH,
+                                 job->until + apr_time_from_sec(2),
+                                 (unsigned char *)value,
+                                 (unsigned int)length, pool);
+}
+
+static void *APR_THREAD_FUNC publish_loop(apr_thread_t *thread, void *baton)
+{
+    aoai_publisher *pub = baton;
+    aoai_publish_job batch[AOAI_PUBLISH_QUEUE];
+    apr_pool_t *pool;
+
+    apr_pool_create(&pool, apr_thread_pool_get(thread));
+    apr_thread_mutex_lock(pub->lock);
+    for (;;) {
+        apr_uint64_t ticket;
+        int jobs, i;
+
+        while (!pub->stopping && pub->pending_count == 0) {
+            apr_thread_cond_wait(pub->work_queued, pub->lock);
+        }
+        if (pub->stopping) {
+            break;
+        }
+        jobs = pub->pending_count;
+        memcpy(batch, pub->pending, jobs * sizeof(batch[0]));
+        pub->pending_count = 0;
+        ticket = pub->queued_ticket;
+        pub->storing = 1;
+        apr_thread_mutex_unlock(pub->lock);
+
+        for (i = 0; i < jobs; i++) {
+            apr_status_t rv = store_window(&batch[i], pool);
+            if (rv == APR_SUCCESS) {
+                count(AOAI_CACHE_PUBLISHED);
+            }
+            else {
+                count(AOAI_CACHE_PUBLISH_FAILURES);
+                note_unreachable(rv, "storing a window");
+            }
+        }
+        apr_pool_clear(pool);
+
+        apr_thread_mutex_lock(pub->lock);
+        pub->storing = 0;
+        pub->done_ticket = ticket;
+        apr_thread_cond_broadcast(pub->work_done);
+    }
+    apr_thread_mutex_unlock(pub->lock);
+    apr_pool_destroy(pool);
+    /* A plain return, not apr_thread_exit(): pthread_exit()'s forced
+     * unwind leaves the stack's ASan shadow poisoned, and the sanitizer
+     * build then reports its own thread teardown. */
+    return NULL;
+}
+
+void aoai_shared_cache_publish(request_rec *r, proxy_balancer *balancer,
+                               proxy_worker *worker, apr_time_t until)
+{
+    aoai_publisher *pub = publisher;
+    aoai_publish_job *job = NULL;
+    unsigned char id[AOAI_CACHE_ID_LENGTH];
+    apr_uint64_t ticket;
+    apr_time_t deadline;
+    int i;
+
+    if (!pub) {
+        return;
+    }
+    member_id(balancer->s->name, worker->s->name_ex, id);
+    deadline = apr_time_now() + cache.timeout;
+
+    apr_thread_mutex_lock(pub->lock);
+    for (i = 0; i < pub->pending_count; i++) {
+        if (!memcmp(pub->pending[i].id, id, sizeof(id))) {
+            job = &pub->pending[i];
+            break;
+        }
+    }
+    if (!job && pub->pending_count < AOAI_PUBLISH_QUEUE) {
+        job = &pub->pending[pub->pending_count++];
+        memcpy(job->id, id, sizeof(id));
+        job->until = 0;
+    }
+    if (!job) {
+        apr_thread_mutex_unlock(pub->lock);
+        count(AOAI_CACHE_PUBLISH_FAILURES);
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APLOGNO(10939)
+                      "AOAISharedCache: %d windows already wait to be "
+                      "stored; the window of %s is not shared",
+                      AOAI_PUBLISH_QUEUE, worker->s->name_ex);
+        return;
+    }
+    if (until > job->until) {
+        job->until = until;
+    }
+    ticket = ++pub->queued_ticket;
+    apr_thread_cond_signal(pub->work_queued);
+    while (pub->done_ticket < ticket) {
+        apr_time_t left = deadline - apr_time_now();
+        if (left <= 0) {
+            break;
+        }
+        apr_thread_cond_timedwait(pub->work_done, pub->lock, left);
+    }
+    if (pub->done_ticket < ticket) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APLOGNO(10940)
+                      "AOAISharedCache: storing the window of %s takes "
+                      "longer than AOAISharedCacheTimeout; not waiting",
+                      worker->s->name_ex);
+    }
+    apr_thread_mutex_unlock(pub->lock);
+}
+
+/* A thread inside a provider call may never come back (a hung memcached):
+ * it is joined only when it is waiting for work.  Everything it touches
+ * comes from the process pool, which outlives the child's. */
+static apr_status_t publisher_stop(void *baton)
+{
+    aoai_publisher *pub = baton;
+    apr_status_t thread_rv;
+    int idle;
+
+    apr_thread_mutex_lock(pub->lock);
+    pub->stopping = 1;
+    idle = !pub->storing;
+    apr_thread_cond_broadcast(pub->work_queued);
+    apr_thread_mutex_unlock(pub->lock);
+    if (idle) {
+        apr_thread_join(&thread_rv, pub->thread);
+    }
+    publisher = NULL;
+    return APR_SUCCESS;
+}
+
+static void shared_cache_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    apr_pool_t *pool = s->process->pool;
+    aoai_publisher *pub;
+    apr_status_t rv;
+
+    if (!cache.provider) {
+        return;
+    }
+    pub = apr_pcalloc(pool, sizeof(*pub));
+    if ((rv = apr_thread_mutex_create(&pub->lock, APR_THREAD_MUTEX_DEFAULT,
+                                      pool)) != APR_SUCCESS
+        || (rv = apr_thread_cond_create(&pub->work_queued, pool))
+           != APR_SUCCESS
+        || (rv = apr_thread_cond_create(&pub->work_done, pool))
+           != APR_SUCCESS
+        || (rv = apr_thread_create(&pub->thread, NULL, publish_loop, pub,
+                                   pool)) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, APLOGNO(10941)
+                     "AOAISharedCache: could not start this child's "
+                     "publisher thread; its 429s are not shared (the sync "
+                     "still reads the other gateways')");
+        return;
+    }
+    publisher = pub;
+    apr_pool_cleanup_register(pchild, pub, publisher_stop,
+                              apr_pool_cleanup_null);
+}
+
+/* ------------------------------------------------------------------ */
+/* Start-up                                                             */
+
+/* The AOAIThrottleMax that governs a balancer: its <Proxy> section's, or
+ * its virtual host's.  Remote windows are clamped to it as local ones. */
+static apr_interval_time_t balancer_throttle_max(server_rec *s,
+                                                 proxy_balancer *balancer)
+{
+    proxy_server_conf *proxy_conf = ap_get_module_config(s->module_config,
+                                                         &proxy_module);
+    ap_conf_vector_t **sections = (ap_conf_vector_t **)
+                                  proxy_conf->sec_proxy->elts;
+    const aoai_dir_conf *conf;
+    int k;
+
+    for (k = 0; k < proxy_conf->sec_proxy->nelts; k++) {
+        const proxy_dir_conf *section = ap_get_module_config(sections[k],
+                                                             &proxy_module);
+        conf = ap_get_module_config(sections[k], &aoai_balancer_module);
+        if (section && section->p && conf && conf->throttle_max_set
+            && !strcasecmp(section->p, balancer->s->name)) {
+            return conf->throttle_max;
+        }
+    }
+    conf = ap_get_module_config(s->lookup_defaults, &aoai_balancer_module);
+    return conf ? conf->throttle_max : AOAI_DEFAULT_THROTTLE_MAX;
+}
+
+static apr_status_t add_sync_members(server_rec *s, proxy_balancer *balancer,
+                                     void *baton)
+{
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    apr_interval_time_t throttle_max = balancer_throttle_max(s, balancer);
+    int j;
+
+    (void)baton;
+    for (j = 0; j < balancer->workers->nelts; j++) {
+        aoai_member_slot *slot = aoai_throttle_slot(balancer, workers[j]);
+        aoai_sync_member *member;
+
+        if (!slot) {
+            continue;
+        }
+        member = apr_array_push(cache.members);
+        member->balancer = balancer;
+        member->worker = workers[j];
+        member->slot = slot;
+        member->throttle_max = throttle_max;
+        member->last_remote_ms = -1;
+        member_id(balancer->s->name, workers[j]->s->name_ex, member->id);
+    }
+    return APR_SUCCESS;
+}
+
+static apr_status_t destroy_instance(void *baton)
+{
+    server_rec *s = baton;
+
+    if (cache.provider) {
+        cache.provider->destroy(cache.instance, s);
+    }
+    memset(&cache, 0, sizeof(cache));
+    return APR_SUCCESS;
+}
+
+int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
+                                  const aoai_server_conf *conf)
+{
+    struct ap_socache_hints hints = { AOAI_CACHE_ID_LENGTH,
+                                      AOAI_CACHE_VALUE_MAX, 0 };
+    ap_watchdog_t *watchdog;
+    apr_shm_t *shm;
+    apr_status_t rv;
+
+    memset(&cache, 0, sizeof(cache));
+    if (!conf->cache_provider) {
+        return OK;
+    }
+    watchdog_get_instance = APR_RETRIEVE_OPTIONAL_FN(ap_watchdog_get_instance);
+    watchdog_register = APR_RETRIEVE_OPTIONAL_FN(ap_watchdog_register_callback);
+    if (!watchdog_get_instance || !watchdog_register) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, APLOGNO(10942)
+                     "AOAISharedCache needs mod_watchdog (LoadModule "
+                     "watchdog_module, where it is not built in)");
+        return !OK;
+    }
+    rv = apr_shm_create(&shm, sizeof(aoai_cache_shared), NULL, pconf);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10943)
+                     "AOAISharedCache: could not create its status in "
+                     "anonymous shared memory");
+        return !OK;
+    }
+    cache.shared = apr_shm_baseaddr_get(shm);
+    memset(cache.shared, 0, sizeof(*cache.shared));
+
+    rv = conf->cache_provider->init(conf->cache_instance, AOAI_CACHE_NAMESPACE,
+                                    &hints, s, pconf);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10944)
+                     "AOAISharedCache %s: the provider could not be set up",
+                     conf->cache_provider_name);
+        return !OK;
+    }
+    cache.provider = conf->cache_provider;
+    cache.instance = conf->cache_instance;
+    cache.provider_name = conf->cache_provider_name;
+    cache.sync_interval = conf->cache_sync;
+    cache.timeout = conf->cache_timeout;
+    cache.server = s;
+    cache.provider_server = quiet_server(pconf, s);
+    cache.members = apr_array_make(pconf, 8, sizeof(aoai_sync_member));
+    apr_pool_cleanup_register(pconf, s, destroy_instance,
+                              apr_pool_cleanup_null);
+    aoai_for_each_balancer(s, add_sync_members, NULL);
+    member_id("", "heartbeat", cache.heartbeat_id);
+
+    rv = watchdog_get_instance(&watchdog, AOAI_WATCHDOG_NAME, 0, 1, pconf);
+    if (rv == APR_SUCCESS) {
+        rv = watchdog_register(watchdog, cache.sync_interval, NULL,
+                               sync_tick);
+    }
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10945)
+                     "AOAISharedCache: could not set up its mod_watchdog "
+                     "task");
+        return !OK;
+    }
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, APLOGNO(10946)
+                 "AOAISharedCache %s: %d members shared, read every %"
+                 APR_TIME_T_FMT " ms, publish waits at most %" APR_TIME_T_FMT
+                 " ms", cache.provider_name, cache.members->nelts,
+                 apr_time_as_msec(cache.sync_interval),
+                 apr_time_as_msec(cache.timeout));
+    return OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* For the status pages                                                 */
+
+int aoai_shared_cache_view(aoai_cache_view *view)
+{
+    int i;
+
+    memset(view, 0, sizeof(*view));
+    if (!cache.provider) {
+        return 0;
+    }
+    view->provider = cache.provider_name;
+    view->reachable = apr_atomic_read32(&cache.shared->reach)
+                      == AOAI_CACHE_REACHABLE;
+    view->last_sync = (apr_time_t)apr_atomic_read64(&cache.shared->last_sync);
+    for (i = 0; i < AOAI_CACHE_COUNTER_COUNT; i++) {
+        view->counters[i] = apr_atomic_read64(&cache.shared->counters[i]);
+    }
+    return 1;
+}
+
+void aoai_shared_cache_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+    ap_hook_child_init(shared_cache_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+}
