@@ -16,7 +16,8 @@ SOURCES   = mod_aoai_balancer.c modules/aoai_lbmethod.c modules/aoai_throttle.c 
             modules/aoai_front_door.c \
             modules/aoai_failover.c \
             modules/aoai_usage.c modules/aoai_status.c \
-            modules/aoai_shared_cache.c
+            modules/aoai_shared_cache.c modules/aoai_headroom.c \
+            modules/aoai_key_quota.c modules/aoai_deployments.c
 HEADERS   = modules/aoai_balancer.h
 MOCK_SRC  = t/mock/mod_aoai_mock.c
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g -O1

@@ -21,6 +21,8 @@
 #include "apr_strings.h"
 #include "apr_lib.h"
 
+#include <errno.h>
+
 #include "ap_provider.h"
 #include "http_config.h"
 #include "http_log.h"
@@ -51,6 +53,10 @@ static void *create_dir_conf(apr_pool_t *p, char *dir)
     conf->max_body = AOAI_DEFAULT_MAX_BODY;
     conf->backend_header = AOAI_DEFAULT_BACKEND_HEADER;
     conf->first_byte_timeout = AOAI_DEFAULT_FIRST_BYTE;
+    conf->headroom_window[AOAI_HEADROOM_REQUESTS] =
+        AOAI_DEFAULT_HEADROOM_REQUESTS_WINDOW;
+    conf->headroom_window[AOAI_HEADROOM_TOKENS] =
+        AOAI_DEFAULT_HEADROOM_TOKENS_WINDOW;
     set_default_failover(conf);
     return conf;
 }
@@ -73,8 +79,25 @@ static void *merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
 #undef MERGE
     conf->first_byte_all = add->first_byte_timeout_set ? add->first_byte_all
                                                : base->first_byte_all;
-    /* Credentials go with the <Proxy> section that names the members. */
+    {
+        int kind;
+        for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+            int bit = 1 << kind;
+            conf->headroom_floor[kind] = (add->headroom_floor_set & bit)
+                ? add->headroom_floor[kind] : base->headroom_floor[kind];
+            conf->headroom_window[kind] = (add->headroom_window_set & bit)
+                ? add->headroom_window[kind] : base->headroom_window[kind];
+        }
+        conf->headroom_floor_set = add->headroom_floor_set
+                                   | base->headroom_floor_set;
+        conf->headroom_window_set = add->headroom_window_set
+                                    | base->headroom_window_set;
+    }
+    /* Credentials and deployments go with the <Proxy> section that names
+     * the members. */
     conf->credentials = add->credentials ? add->credentials : base->credentials;
+    conf->deployments = add->deployments ? add->deployments : base->deployments;
+    conf->key_quotas = add->key_quotas ? add->key_quotas : base->key_quotas;
     if (add->failover_set) {
         memcpy(conf->failover_status, add->failover_status,
                sizeof(conf->failover_status));
@@ -322,6 +345,109 @@ static const char *set_table_size(cmd_parms *cmd, void *dummy,
     return NULL;
 }
 
+static int headroom_kind(const char *word)
+{
+    if (!ap_cstr_casecmp(word, "requests")) {
+        return AOAI_HEADROOM_REQUESTS;
+    }
+    if (!ap_cstr_casecmp(word, "tokens")) {
+        return AOAI_HEADROOM_TOKENS;
+    }
+    return -1;
+}
+
+static const char *set_headroom_floor(cmd_parms *cmd, void *dconf,
+                                      const char *which, const char *value)
+{
+    aoai_dir_conf *conf = dconf;
+    int kind = headroom_kind(which);
+    aoai_headroom_floor floor = { 0, 0, 0 };
+    char *end;
+
+    if (kind < 0) {
+        return apr_psprintf(cmd->pool, "AOAIHeadroomFloor: '%s' is neither "
+                            "'requests' nor 'tokens'", which);
+    }
+    if (!ap_cstr_casecmp(value, "off")) {
+        floor.off = 1;
+    }
+    else {
+        errno = 0;
+        floor.value = apr_strtoi64(value, &end, 10);
+        floor.percent = (*end == '%');
+        if (!apr_isdigit(*value) || *(end + floor.percent) || errno == ERANGE
+            || floor.value > APR_INT64_C(1000000000000)
+            || (floor.percent && floor.value > 100)) {
+            return apr_psprintf(cmd->pool, "AOAIHeadroomFloor %s: '%s' is "
+                                "not a number of %s, a percentage (0%%-100%%) "
+                                "of the member's limit, or off", which, value,
+                                which);
+        }
+    }
+    conf->headroom_floor[kind] = floor;
+    conf->headroom_floor_set |= 1 << kind;
+    return NULL;
+}
+
+static const char *set_headroom_window(cmd_parms *cmd, void *dconf,
+                                       const char *which, const char *value)
+{
+    aoai_dir_conf *conf = dconf;
+    int kind = headroom_kind(which);
+    const char *err;
+
+    if (kind < 0) {
+        return apr_psprintf(cmd->pool, "AOAIHeadroomWindow: '%s' is neither "
+                            "'requests' nor 'tokens'", which);
+    }
+    if ((err = parse_window(cmd, value, &conf->headroom_window[kind]))) {
+        return err;
+    }
+    conf->headroom_window_set |= 1 << kind;
+    return NULL;
+}
+
+static const char *set_key_tokens(cmd_parms *cmd, void *dconf,
+                                  const char *tokens, const char *label)
+{
+    aoai_dir_conf *conf = dconf;
+    aoai_key_quota *quota;
+    char *end;
+    apr_int64_t limit;
+    int i;
+
+    errno = 0;
+    limit = apr_strtoi64(tokens, &end, 10);
+    if (!apr_isdigit(*tokens) || *end || errno == ERANGE || limit < 1
+        || limit > APR_INT64_C(1000000000000)) {
+        return apr_psprintf(cmd->pool, "AOAIKeyTokensPerMinute: '%s' is not "
+                            "a number of tokens (1 or more)", tokens);
+    }
+    if (!conf->key_quotas) {
+        conf->key_quotas = apr_array_make(cmd->pool, 4, sizeof(*quota));
+    }
+    for (i = 0; i < conf->key_quotas->nelts; i++) {
+        const char *seen = APR_ARRAY_IDX(conf->key_quotas, i,
+                                         aoai_key_quota).label;
+        if ((!seen && !label) || (seen && label && !strcmp(seen, label))) {
+            return apr_psprintf(cmd->pool, "AOAIKeyTokensPerMinute: %s "
+                                "already has a limit here",
+                                label ? label : "every key");
+        }
+    }
+    quota = apr_array_push(conf->key_quotas);
+    quota->label = label;
+    quota->tokens_per_minute = limit;
+    return NULL;
+}
+
+static const char *set_deployment(cmd_parms *cmd, void *dconf,
+                                  const char *route, const char *name,
+                                  const char *member_name)
+{
+    return aoai_deployment_parse(cmd, dconf, route, name, member_name);
+}
+
 static const char *set_shared_cache(cmd_parms *cmd, void *dummy,
                                     const char *arg)
 {
@@ -439,6 +565,23 @@ static const command_rec aoai_cmds[] =
                    "how long a member may take to start its answer before "
                    "the call fails over: a duration or Off, then 'streamed' "
                    "(calls with \"stream\": true, the default) or 'all'"),
+    AP_INIT_TAKE2("AOAIHeadroomFloor", set_headroom_floor, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "requests|tokens N, N% of the member's limit, or off: "
+                  "what a member must have left after a call for it to be "
+                  "preferred (default 0 for both)"),
+    AP_INIT_TAKE2("AOAIHeadroomWindow", set_headroom_window, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "requests|tokens duration: how long a member's remaining "
+                  "figure holds (default requests 10s, tokens 60s)"),
+    AP_INIT_TAKE12("AOAIKeyTokensPerMinute", set_key_tokens, NULL,
+                   RSRC_CONF | ACCESS_CONF,
+                   "tokens [label]: the tokens a subscription key (every key, "
+                   "or the one labelled) may use per minute"),
+    AP_INIT_TAKE23("AOAIDeployment", set_deployment, NULL,
+                   RSRC_CONF | ACCESS_CONF,
+                   "route deployment [name-at-member]: a deployment this "
+                   "member serves, and what the member calls it"),
     AP_INIT_TAKE1("AOAIThrottleTableSize", set_table_size, NULL, RSRC_CONF,
                   "Slots in the shared throttle table (default 512)"),
     AP_INIT_TAKE1("AOAISharedCache", set_shared_cache, NULL, RSRC_CONF,
@@ -458,8 +601,31 @@ static const command_rec aoai_cmds[] =
 /* ------------------------------------------------------------------ */
 /* Hooks                                                                */
 
-/* A credential for a route that no member of its <Proxy balancer://...>
- * section has would silently never be used. */
+/* The routes named by AOAIMemberCredential and AOAIDeployment lines, as
+ * one list. */
+static int route_count(const aoai_dir_conf *conf)
+{
+    return (conf->credentials ? conf->credentials->nelts : 0)
+           + (conf->deployments ? conf->deployments->nelts : 0);
+}
+
+static const char *route_at(const aoai_dir_conf *conf, int i,
+                            const char **directive)
+{
+    int credentials = conf->credentials ? conf->credentials->nelts : 0;
+
+    if (i < credentials) {
+        *directive = "AOAIMemberCredential";
+        return APR_ARRAY_IDX(conf->credentials, i,
+                             aoai_member_credential).route;
+    }
+    *directive = "AOAIDeployment";
+    return APR_ARRAY_IDX(conf->deployments, i - credentials,
+                         aoai_deployment).route;
+}
+
+/* A credential or a deployment for a route that no member of its <Proxy
+ * balancer://...> section has would silently never be used. */
 static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
                                    proxy_server_conf *proxy_conf)
 {
@@ -474,8 +640,8 @@ static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
         proxy_balancer *balancer;
         proxy_worker **workers;
 
-        if (!conf || !conf->credentials || !section || !section->p
-            || strncasecmp(section->p, "balancer://", 11)) {
+        if (!conf || (!conf->credentials && !conf->deployments) || !section
+            || !section->p || strncasecmp(section->p, "balancer://", 11)) {
             continue;
         }
         balancer = ap_proxy_get_balancer(ptemp, proxy_conf, section->p, 0);
@@ -483,9 +649,9 @@ static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
             continue;
         }
         workers = (proxy_worker **)balancer->workers->elts;
-        for (i = 0; i < conf->credentials->nelts; i++) {
-            const char *route = APR_ARRAY_IDX(conf->credentials, i,
-                                              aoai_member_credential).route;
+        for (i = 0; i < route_count(conf); i++) {
+            const char *directive;
+            const char *route = route_at(conf, i, &directive);
             for (j = 0; j < balancer->workers->nelts; j++) {
                 if (!strcmp(workers[j]->s->route, route)) {
                     break;
@@ -493,8 +659,8 @@ static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
             }
             if (j == balancer->workers->nelts) {
                 ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
-                             APLOGNO(10905) "AOAIMemberCredential %s: no "
-                             "BalancerMember of %s has route=%s", route,
+                             APLOGNO(10905) "%s %s: no BalancerMember of %s "
+                             "has route=%s", directive, route,
                              balancer->s->name, route);
                 return !OK;
             }

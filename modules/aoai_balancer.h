@@ -18,6 +18,13 @@
  *                            the request body, replays it to each member,
  *                            catches failed answers in an output filter
  *                            before a byte reaches the client.
+ *   aoai_headroom.c          what a member says it has left
+ *                            (x-ratelimit-remaining-*), kept in shared
+ *                            memory so the lbmethod can steer away before
+ *                            it throttles; a call's token estimate.
+ *   aoai_key_quota.c         tokens per minute per subscription key.
+ *   aoai_deployments.c       which deployments a member serves, under
+ *                            which name: the path rewritten per member.
  *   aoai_usage.c             the "usage" of an answer, JSON or SSE, read
  *                            with jansson as the answer goes by.
  *   aoai_shared_cache.c      throttle windows shared between gateways
@@ -47,6 +54,9 @@
 #define AOAI_DEFAULT_BACKEND_HEADER  "x-aoai-backend"
 #define AOAI_DEFAULT_TABLE_SLOTS     512
 #define AOAI_DEFAULT_FIRST_BYTE      apr_time_from_sec(30)
+#define AOAI_DEFAULT_HEADROOM_REQUESTS_WINDOW apr_time_from_sec(10)
+#define AOAI_DEFAULT_HEADROOM_TOKENS_WINDOW   apr_time_from_sec(60)
+#define AOAI_KEY_QUOTA_WINDOW        apr_time_from_sec(60)
 #define AOAI_DEFAULT_CACHE_SYNC      apr_time_from_msec(250)
 #define AOAI_DEFAULT_CACHE_TIMEOUT   apr_time_from_msec(50)
 
@@ -77,6 +87,32 @@ typedef struct {
     const char *value;              /* api-key, read at start-up */
 } aoai_member_credential;
 
+/* What a member's x-ratelimit-remaining-* headers are about. */
+typedef enum {
+    AOAI_HEADROOM_REQUESTS,
+    AOAI_HEADROOM_TOKENS,
+    AOAI_HEADROOM_KINDS
+} aoai_headroom_kind;
+
+/* AOAIHeadroomFloor for one kind: below it a member is passed over while
+ * another has more. */
+typedef struct {
+    apr_int64_t value;      /* absolute, or a percentage of the limit */
+    int percent;
+    int off;
+} aoai_headroom_floor;
+
+typedef struct {
+    const char *label;      /* NULL: every subscription key */
+    apr_int64_t tokens_per_minute;
+} aoai_key_quota;
+
+typedef struct {
+    const char *route;      /* the BalancerMember's route= */
+    const char *name;       /* the deployment the client asks for */
+    const char *member_name;/* what the member calls it */
+} aoai_deployment;
+
 typedef struct {
     apr_interval_time_t throttle_default;  /* window when a 429 names none */
     apr_interval_time_t throttle_max;      /* no window is longer than this */
@@ -90,6 +126,10 @@ typedef struct {
     apr_array_header_t *credentials;       /* aoai_member_credential */
     apr_interval_time_t first_byte_timeout;/* 0: none */
     int first_byte_all;                    /* every call, not only streams */
+    aoai_headroom_floor headroom_floor[AOAI_HEADROOM_KINDS];
+    apr_interval_time_t headroom_window[AOAI_HEADROOM_KINDS];
+    apr_array_header_t *key_quotas;        /* aoai_key_quota */
+    apr_array_header_t *deployments;       /* aoai_deployment */
     unsigned int throttle_default_set:1;
     unsigned int throttle_max_set:1;
     unsigned int max_body_set:1;
@@ -98,6 +138,8 @@ typedef struct {
     unsigned int keys_set:1;
     unsigned int key_header_set:1;
     unsigned int first_byte_timeout_set:1;
+    unsigned int headroom_floor_set:AOAI_HEADROOM_KINDS;   /* by kind */
+    unsigned int headroom_window_set:AOAI_HEADROOM_KINDS;
 } aoai_dir_conf;
 
 struct ap_socache_provider_t;
@@ -157,6 +199,24 @@ typedef struct {
     apr_uint64_t counters[AOAI_COUNTER_COUNT];
 } aoai_member_stats;
 
+/* A member's last x-ratelimit-remaining-* figure of one kind, in its
+ * shared slot.  Every word is read and written with atomics. */
+typedef struct {
+    volatile apr_uint64_t estimate;     /* apr_int64_t: the figure, less
+                                         * what was sent since */
+    volatile apr_uint64_t reported;     /* apr_int64_t: the figure; -1 none */
+    volatile apr_uint64_t window_start; /* apr_time_t: when the member's
+                                         * allowance was last seen refilled */
+    volatile apr_uint64_t limit;        /* largest figure seen, or its
+                                         * x-ratelimit-limit-* */
+} aoai_headroom_shared;
+
+/* A subscription key's tokens in the current minute. */
+typedef struct {
+    volatile apr_uint64_t window_start; /* apr_time_t; 0 before first use */
+    volatile apr_uint64_t used;         /* apr_int64_t */
+} aoai_quota_shared;
+
 /* An answer's "usage" object. */
 typedef struct {
     apr_int64_t prompt_tokens;
@@ -194,6 +254,17 @@ typedef struct {
     apr_interval_time_t first_byte_timeout; /* for this call; 0: none */
     int awaiting_first_byte; /* the attempt's member has sent nothing yet */
     aoai_usage_scan *usage; /* the served answer's usage, when readable */
+    apr_int64_t token_estimate; /* prompt from the body, plus max_tokens */
+    int headroom_passed_over;   /* members passed over for low headroom */
+    /* AOAIDeployment: by worker->s->index, the name this member knows
+     * the requested deployment by, or NULL when it does not serve it;
+     * NULL array when the call names no deployment or none are declared. */
+    const char **deployment_at_member;
+    int deployment_slots;
+    const char *deployment;     /* the name the client asked for */
+    aoai_quota_shared *quota;   /* the key's, when it has a quota */
+    apr_int64_t quota_remaining;/* the key's tokens left after this call */
+    apr_time_t quota_window;    /* the window the estimate was taken in */
 } aoai_request_state;
 
 /* aoai_ratelimit_headers.c */
@@ -249,6 +320,37 @@ void aoai_status_register_hooks(apr_pool_t *p);
 void aoai_member_mark(proxy_worker *worker, aoai_member_slot *slot,
                       apr_time_t now);
 
+/* aoai_headroom.c */
+void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
+                        const aoai_dir_conf *conf, apr_time_t now);
+void aoai_headroom_forget(aoai_member_slot *slot);
+int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,
+                         apr_int64_t token_estimate, apr_time_t now);
+int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
+                       apr_int64_t token_estimate, apr_time_t now,
+                       int only_above_floor);
+int aoai_headroom_enabled(const aoai_dir_conf *conf);
+apr_int64_t aoai_token_estimate(const char *body, apr_size_t length);
+
+/* aoai_key_quota.c */
+const aoai_key_quota *aoai_key_quota_for(const aoai_dir_conf *conf,
+                                         const char *label);
+int aoai_key_quota_take(request_rec *r, aoai_request_state *state,
+                        const aoai_key_quota *quota, apr_time_t now,
+                        apr_int64_t *remaining, apr_interval_time_t *wait);
+void aoai_key_quota_settle(aoai_request_state *state,
+                           const aoai_usage *usage);
+
+/* aoai_deployments.c */
+const char *aoai_deployment_parse(cmd_parms *cmd, aoai_dir_conf *conf,
+                                  const char *route, const char *name,
+                                  const char *member_name);
+int aoai_deployment_route(request_rec *r, aoai_request_state *state,
+                          const char *uri);
+char *aoai_deployment_url(request_rec *r, aoai_request_state *state,
+                          proxy_worker *worker, char *url);
+int aoai_member_serves(const aoai_request_state *state, proxy_worker *worker);
+
 /* aoai_shared_cache.c */
 const char *aoai_shared_cache_set(cmd_parms *cmd, aoai_server_conf *conf,
                                   const char *arg);
@@ -288,6 +390,8 @@ void aoai_mark_set(aoai_member_slot *slot, apr_time_t error_time);
 int aoai_throttle_note_garbage(aoai_member_slot *slot, int garbage);
 int aoai_member_is_throttled(proxy_balancer *balancer, proxy_worker *worker,
                              apr_time_t now);
+aoai_headroom_shared *aoai_member_headroom(aoai_member_slot *slot);
+aoai_quota_shared *aoai_key_quota_shared(const char *label);
 apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now);
 
 /* aoai_lbmethod.c */

@@ -397,6 +397,9 @@ static void record_throttle(request_rec *r, aoai_request_state *state)
     if (window > conf->throttle_max) {
         window = conf->throttle_max;
     }
+    /* The window says when the member is back; its remaining figures
+     * (0 on a 429) must not keep it away for longer. */
+    aoai_headroom_forget(slot);
     if (aoai_throttle_raise(slot, now + window)) {
         /* Only a window that moved is news to the other gateways. */
         aoai_shared_cache_publish(r, state->balancer, state->worker,
@@ -513,6 +516,15 @@ static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
         }
         else {
             state->passed = 1;
+            aoai_headroom_note(r, aoai_throttle_slot(state->balancer,
+                                                     state->worker),
+                               state->conf, apr_time_now());
+            if (state->quota) {
+                /* The client's allowance is its key's, not the member's. */
+                apr_table_setn(r->headers_out, "x-ratelimit-remaining-tokens",
+                               apr_psprintf(r->pool, "%" APR_INT64_T_FMT,
+                                            state->quota_remaining));
+            }
             if (state->conf->backend_header) {
                 apr_table_setn(r->headers_out, state->conf->backend_header,
                                member_label(state->worker));
@@ -672,6 +684,13 @@ static void note_result(request_rec *r, aoai_request_state *state,
     apr_table_setn(r->subprocess_env, "AOAI_THROTTLED_SKIPPED", skipped);
     apr_table_setn(r->notes, "aoai-attempts", attempts);
     apr_table_setn(r->notes, "aoai-throttled-skipped", skipped);
+    if (state->headroom_passed_over) {
+        const char *passed_over = apr_itoa(r->pool,
+                                           state->headroom_passed_over);
+        apr_table_setn(r->subprocess_env, "AOAI_HEADROOM_PASSED_OVER",
+                       passed_over);
+        apr_table_setn(r->notes, "aoai-headroom-passed-over", passed_over);
+    }
     if (served_by) {
         apr_table_setn(r->subprocess_env, "AOAI_BACKEND", served_by);
         apr_table_setn(r->notes, "aoai-backend", served_by);
@@ -759,6 +778,36 @@ static int send_exhausted(request_rec *r, aoai_request_state *state,
     return send_json_error(r, status, apr_itoa(r->pool, status), message);
 }
 
+/* API Management's azure-openai-token-limit answer: the key's own
+ * allowance, and when its next minute starts.  No member is called. */
+static int send_over_key_quota(request_rec *r, aoai_request_state *state,
+                               const aoai_key_quota *quota,
+                               apr_int64_t remaining, apr_interval_time_t wait)
+{
+    apr_int64_t wait_ms = (wait + 999) / 1000;
+    apr_int64_t wait_s = (wait + APR_USEC_PER_SEC - 1) / APR_USEC_PER_SEC;
+
+    if (wait_s < 1) {
+        wait_s = 1;
+    }
+    apr_table_setn(r->err_headers_out, "Retry-After",
+                   apr_psprintf(r->pool, "%" APR_INT64_T_FMT, wait_s));
+    apr_table_setn(r->err_headers_out, "retry-after-ms",
+                   apr_psprintf(r->pool, "%" APR_INT64_T_FMT, wait_ms));
+    apr_table_setn(r->err_headers_out, "x-ratelimit-remaining-tokens",
+                   apr_psprintf(r->pool, "%" APR_INT64_T_FMT, remaining));
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10949)
+                  "%s: subscription key %s is over its %" APR_INT64_T_FMT
+                  " tokens per minute (this call: about %" APR_INT64_T_FMT
+                  ", left: %" APR_INT64_T_FMT "); answering 429",
+                  state->balancer->s->name, state->key_label,
+                  quota->tokens_per_minute, state->token_estimate, remaining);
+    note_result(r, state, NULL);
+    return send_apim_error(r, HTTP_TOO_MANY_REQUESTS, apr_psprintf(r->pool,
+                           "Token limit is exceeded. Try again in %"
+                           APR_INT64_T_FMT " seconds.", wait_s));
+}
+
 static int aoai_proxy_handler(request_rec *r)
 {
     proxy_server_conf *proxy_conf;
@@ -769,6 +818,7 @@ static int aoai_proxy_handler(request_rec *r)
     ap_filter_t *kept_body_input;
     const aoai_dir_conf *conf;
     const char *uri, *why = NULL;
+    const aoai_key_quota *quota;
     int access_status = DECLINED, last_failure_status = 0, rc;
 
     if (r->proxyreq != PROXYREQ_REVERSE || !r->filename
@@ -827,6 +877,29 @@ static int aoai_proxy_handler(request_rec *r)
         && (conf->first_byte_all || is_streamed(kept))) {
         state->first_byte_timeout = conf->first_byte_timeout;
     }
+    if (aoai_deployment_route(r, state, uri) != OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10948)
+                      "%s: no member serves deployment %s",
+                      balancer->s->name, state->deployment);
+        return send_json_error(r, HTTP_NOT_FOUND, "DeploymentNotFound",
+                               "The API deployment for this resource does "
+                               "not exist. If you created the deployment "
+                               "within the last 5 minutes, please wait a "
+                               "moment and try again.");
+    }
+    quota = aoai_key_quota_for(conf, state->key_label);
+    if (quota || !conf->headroom_floor[AOAI_HEADROOM_TOKENS].off) {
+        state->token_estimate = aoai_token_estimate(kept->data, kept->length);
+    }
+    if (quota) {
+        apr_int64_t remaining;
+        apr_interval_time_t wait;
+
+        if (!aoai_key_quota_take(r, state, quota, apr_time_now(), &remaining,
+                                 &wait)) {
+            return send_over_key_quota(r, state, quota, remaining, wait);
+        }
+    }
     kept_body_input = ap_add_input_filter_handle(kept_body_filter_handle,
                                                  kept, r, r->connection);
     ap_add_output_filter_handle(failover_filter_handle, NULL, r,
@@ -856,6 +929,7 @@ static int aoai_proxy_handler(request_rec *r)
             return access_status;
         }
         ap_proxy_initialize_worker(worker, r->server, proxy_conf->pool);
+        url = aoai_deployment_url(r, state, worker, url);
 
         APR_ARRAY_PUSH(state->tried, proxy_worker *) = worker;
         state->attempts++;
@@ -956,6 +1030,9 @@ static int aoai_proxy_handler(request_rec *r)
         restore_response(r, &saved);
         access_status = send_exhausted(r, state, last_failure_status);
     }
+    aoai_key_quota_settle(state, state->passed && state->usage
+                                 && state->usage->found
+                                 ? &state->usage->usage : NULL);
     ap_remove_input_filter(kept_body_input);
     proxy_run_request_status(&access_status, r);
     return access_status;

@@ -20,6 +20,16 @@
  * member is marked in error for the balancer-manager page (aoai_status.c),
  * which also keeps the stock walk from offering it, so the request notes
  * it as skipped there rather than in is_best_aoai().
+ *
+ * Headroom (aoai_headroom.c): a member whose remaining requests or tokens
+ * would fall below AOAIHeadroomFloor with this call is passed over as long
+ * as another member has room; when none has, the walk runs again without
+ * that rule, so headroom never refuses work a member might still take.
+ * The winner's figures are taken down at once, by compare-and-swap, so
+ * that two calls racing for a member's last request do not both get it.
+ *
+ * A call for a deployment (aoai_deployments.c) only sees the members that
+ * serve it.
  */
 
 #include "aoai_balancer.h"
@@ -38,7 +48,10 @@ typedef struct {
     aoai_request_state *state;   /* NULL when the module's handler is not
                                   * driving the request */
     unsigned char *parked;       /* by worker->s->index: in a window now */
+    unsigned char *low;          /* by worker->s->index: low headroom */
     int parked_size;
+    int avoid_low;               /* this walk passes over low members */
+    int passed_over;             /* low members this walk passed over */
     apr_time_t now;
     int total_factor;
 } aoai_pick;
@@ -75,9 +88,17 @@ static void read_windows(aoai_pick *pick, apr_pool_t *pool)
     pick->parked_size = balancer->max_workers > balancer->workers->nelts
                         ? balancer->max_workers : balancer->workers->nelts;
     pick->parked = apr_pcalloc(pool, pick->parked_size);
+    pick->low = apr_pcalloc(pool, pick->parked_size);
+    pick->avoid_low = pick->state && aoai_headroom_enabled(pick->state->conf);
     for (i = 0; i < balancer->workers->nelts; i++) {
         proxy_worker *worker = workers[i];
         aoai_member_slot *slot = aoai_throttle_slot(balancer, worker);
+
+        if (pick->avoid_low && worker->s->index >= 0
+            && worker->s->index < pick->parked_size) {
+            pick->low[worker->s->index] = (unsigned char)aoai_headroom_is_low(
+                slot, pick->state->conf, pick->state->token_estimate, now);
+        }
 
         if (now < aoai_throttle_until(slot)) {
             if (worker->s->index >= 0
@@ -102,17 +123,28 @@ static int is_parked(aoai_pick *pick, proxy_worker *worker)
     return aoai_member_is_throttled(pick->balancer, worker, pick->now);
 }
 
+static int is_low(aoai_pick *pick, proxy_worker *worker)
+{
+    return worker->s->index >= 0 && worker->s->index < pick->parked_size
+           && pick->low[worker->s->index];
+}
+
 static int is_best_aoai(proxy_worker *current, proxy_worker *prev_best,
                         void *baton)
 {
     aoai_pick *pick = baton;
 
-    if (pick->state && already_in(pick->state->tried, current)) {
+    if (pick->state && (already_in(pick->state->tried, current)
+                        || !aoai_member_serves(pick->state, current))) {
         return 0;
     }
     /* Members that ignore errors are never marked, so the walk offers
      * them even inside their window. */
     if (is_parked(pick, current)) {
+        return 0;
+    }
+    if (pick->avoid_low && is_low(pick, current)) {
+        pick->passed_over++;
         return 0;
     }
 
@@ -133,11 +165,34 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
     pick.total_factor = 0;
     read_windows(&pick, r->pool);
 
-    worker = get_best_worker_fn(balancer, r, is_best_aoai, &pick);
-    if (worker) {
+    for (;;) {
+        pick.passed_over = 0;
+        worker = get_best_worker_fn(balancer, r, is_best_aoai, &pick);
+        if (!worker) {
+            if (!pick.avoid_low) {
+                return NULL;
+            }
+            /* Every member that could serve is low: by priority, then. */
+            pick.avoid_low = 0;
+            continue;
+        }
         worker->s->lbstatus -= pick.total_factor;
+        pick.total_factor = 0;
+        if (!pick.state || !aoai_headroom_enabled(pick.state->conf)) {
+            return worker;
+        }
+        if (aoai_headroom_take(aoai_throttle_slot(balancer, worker),
+                               pick.state->conf, pick.state->token_estimate,
+                               pick.now, pick.avoid_low)) {
+            pick.state->headroom_passed_over = pick.passed_over;
+            return worker;
+        }
+        /* Another call took its last room since read_windows(). */
+        if (worker->s->index < 0 || worker->s->index >= pick.parked_size) {
+            return worker;
+        }
+        pick.low[worker->s->index] = 1;
     }
-    return worker;
 }
 
 /* Whether a member could still be picked for this request: the module's
@@ -155,7 +210,7 @@ int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
     if (PROXY_WORKER_IS_DRAINING(worker)) {
         return 0;
     }
-    if (already_in(state->tried, worker)) {
+    if (already_in(state->tried, worker) || !aoai_member_serves(state, worker)) {
         return 0;
     }
     if (aoai_member_is_throttled(state->balancer, worker, now)) {

@@ -58,6 +58,8 @@ struct aoai_member_slot {
     volatile apr_uint64_t mark_error_time;/* see aoai_member_mark() */
     volatile apr_uint64_t last_throttled; /* apr_time_t of the last 429 */
     volatile apr_uint64_t counters[AOAI_COUNTER_COUNT];
+    aoai_headroom_shared headroom[AOAI_HEADROOM_KINDS]; /* AOAI_SLOT_MEMBER */
+    aoai_quota_shared quota;              /* AOAI_SLOT_KEY of a key's quota */
     char name[AOAI_SLOT_NAME_SIZE];       /* "balancer|member", for people */
     char label[AOAI_LABEL_MAX + 1];       /* AOAI_SLOT_KEY: the key's label */
 };
@@ -124,6 +126,11 @@ static aoai_member_slot *find_slot(aoai_throttle_table *t,
             }
             seen = apr_atomic_cas64(&slot->key, key, 0);
             if (seen == 0) {
+                int kind;
+                for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+                    apr_atomic_set64(&slot->headroom[kind].reported,
+                                     (apr_uint64_t)-1);
+                }
                 apr_snprintf(slot->name, sizeof(slot->name), "%s|%s",
                               balancer_name, member_name);
                 if (label) {
@@ -192,6 +199,8 @@ static apr_status_t create_table(apr_pool_t *pool, int slot_count,
                               old->kind == AOAI_SLOT_KEY ? old->label : NULL,
                               1);
             if (moved) {
+                memcpy(moved->headroom, old->headroom, sizeof(moved->headroom));
+                moved->quota = old->quota;
                 moved->throttle_until = old->throttle_until;
                 moved->last_throttled = old->last_throttled;
                 memcpy((void *)moved->counters, (const void *)old->counters,
@@ -499,4 +508,22 @@ apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now)
         }
     }
     return soonest;
+}
+
+aoai_headroom_shared *aoai_member_headroom(aoai_member_slot *slot)
+{
+    return slot ? slot->headroom : NULL;
+}
+
+/* A subscription key's quota is counted across every balancer and member:
+ * its slot is named by the key alone.  NULL when the table is full. */
+aoai_quota_shared *aoai_key_quota_shared(const char *label)
+{
+    aoai_member_slot *slot;
+
+    if (!table) {
+        return NULL;
+    }
+    slot = find_slot(table, "(key quota)", "*", label, 1);
+    return slot ? &slot->quota : NULL;
 }

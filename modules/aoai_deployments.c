@@ -1,0 +1,164 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * Deployment-aware members: AOAIDeployment route name [name-at-member].
+ *
+ * Regions name the same model differently (gpt-35-turbo in one resource,
+ * gpt35t-0125 in another), and not every resource has every model.  A
+ * member that declares deployments serves only those, each under its own
+ * name there; a member that declares none serves every deployment under
+ * the name the client used, as before.  A call for a deployment is only
+ * offered to members that serve it, and the path each member is sent has
+ * the member's name for it.  A call for a deployment no member serves gets
+ * Azure's 404 from the gateway.
+ */
+
+#include "aoai_balancer.h"
+
+#include "apr_lib.h"
+#include "apr_strings.h"
+
+/* Azure's deployment names: letters, digits, '-', '_', '.'. */
+static int is_deployment_name(const char *name)
+{
+    const char *p;
+
+    for (p = name; *p; p++) {
+        if (!apr_isalnum(*p) && *p != '-' && *p != '_' && *p != '.') {
+            return 0;
+        }
+    }
+    return p != name && p - name <= 64;
+}
+
+const char *aoai_deployment_parse(cmd_parms *cmd, aoai_dir_conf *conf,
+                                  const char *route, const char *name,
+                                  const char *member_name)
+{
+    aoai_deployment *deployment;
+    int i;
+
+    if (!member_name) {
+        member_name = name;
+    }
+    if (!is_deployment_name(name) || !is_deployment_name(member_name)) {
+        return apr_psprintf(cmd->pool, "AOAIDeployment %s: '%s' is not a "
+                            "deployment name (1 to 64 letters, digits, '-', "
+                            "'_' or '.')", route,
+                            is_deployment_name(name) ? member_name : name);
+    }
+    if (!conf->deployments) {
+        conf->deployments = apr_array_make(cmd->pool, 4, sizeof(*deployment));
+    }
+    for (i = 0; i < conf->deployments->nelts; i++) {
+        deployment = &APR_ARRAY_IDX(conf->deployments, i, aoai_deployment);
+        if (!strcmp(deployment->route, route)
+            && !strcmp(deployment->name, name)) {
+            return apr_psprintf(cmd->pool, "AOAIDeployment %s %s: this "
+                                "member already declares that deployment",
+                                route, name);
+        }
+    }
+    deployment = apr_array_push(conf->deployments);
+    deployment->route = route;
+    deployment->name = name;
+    deployment->member_name = member_name;
+    return NULL;
+}
+
+/* The deployment in ".../deployments/NAME/..." of a path, or NULL. */
+static const char *deployment_in(apr_pool_t *pool, const char *path,
+                                 const char **start, apr_size_t *length)
+{
+    const char *at = strstr(path, "/deployments/");
+    apr_size_t n;
+
+    if (!at) {
+        return NULL;
+    }
+    at += sizeof("/deployments/") - 1;
+    n = strcspn(at, "/?#");
+    if (!n) {
+        return NULL;
+    }
+    *start = at;
+    *length = n;
+    return apr_pstrmemdup(pool, at, n);
+}
+
+/* Which members serve the call's deployment, and by which name.  Returns
+ * OK, or HTTP_NOT_FOUND when none does. */
+int aoai_deployment_route(request_rec *r, aoai_request_state *state,
+                          const char *uri)
+{
+    const apr_array_header_t *declared = state->conf->deployments;
+    proxy_balancer *balancer = state->balancer;
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    const char *start;
+    apr_size_t length;
+    int i, j, serving = 0;
+
+    if (!declared
+        || !(state->deployment = deployment_in(r->pool, uri, &start,
+                                               &length))) {
+        return OK;
+    }
+    state->deployment_slots = balancer->max_workers > balancer->workers->nelts
+                              ? balancer->max_workers
+                              : balancer->workers->nelts;
+    state->deployment_at_member = apr_pcalloc(r->pool,
+        state->deployment_slots * sizeof(*state->deployment_at_member));
+    for (i = 0; i < balancer->workers->nelts; i++) {
+        const char *route = workers[i]->s->route;
+        /* Declaring nothing is serving everything under its own name. */
+        const char *at_member = state->deployment;
+
+        for (j = 0; j < declared->nelts; j++) {
+            const aoai_deployment *d = &APR_ARRAY_IDX(declared, j,
+                                                      aoai_deployment);
+            if (strcmp(d->route, route)) {
+                continue;
+            }
+            at_member = NULL;
+            if (!strcmp(d->name, state->deployment)) {
+                at_member = d->member_name;
+                break;
+            }
+        }
+        if (at_member && workers[i]->s->index >= 0
+            && workers[i]->s->index < state->deployment_slots) {
+            state->deployment_at_member[workers[i]->s->index] = at_member;
+            serving++;
+        }
+    }
+    return serving ? OK : HTTP_NOT_FOUND;
+}
+
+int aoai_member_serves(const aoai_request_state *state, proxy_worker *worker)
+{
+    if (!state || !state->deployment_at_member) {
+        return 1;
+    }
+    return worker->s->index >= 0 && worker->s->index < state->deployment_slots
+           && state->deployment_at_member[worker->s->index] != NULL;
+}
+
+/* The URL mod_proxy_balancer made for this member, with the member's name
+ * for the deployment. */
+char *aoai_deployment_url(request_rec *r, aoai_request_state *state,
+                          proxy_worker *worker, char *url)
+{
+    const char *at_member, *start;
+    apr_size_t length;
+
+    if (!state->deployment_at_member || !aoai_member_serves(state, worker)) {
+        return url;
+    }
+    at_member = state->deployment_at_member[worker->s->index];
+    if (!strcmp(at_member, state->deployment)
+        || !deployment_in(r->pool, url, &start, &length)) {
+        return url;
+    }
+    return apr_pstrcat(r->pool, apr_pstrmemdup(r->pool, url, start - url),
+                       at_member, start + length, NULL);
+}
