@@ -197,6 +197,11 @@ typedef struct {
     apr_time_t throttle_until;
     apr_time_t last_throttled;                  /* when its last 429 came */
     apr_uint64_t counters[AOAI_COUNTER_COUNT];
+    /* Its headroom: what it said it has left, less what was sent since;
+     * remaining is -1 while nothing is known. */
+    apr_int64_t headroom_remaining[AOAI_HEADROOM_KINDS];
+    apr_int64_t headroom_limit[AOAI_HEADROOM_KINDS];
+    apr_time_t headroom_window_start[AOAI_HEADROOM_KINDS];
 } aoai_member_stats;
 
 /* A member's last x-ratelimit-remaining-* figure of one kind, in its

@@ -423,6 +423,28 @@ static json_t *tokens_json(const apr_uint64_t *c)
                      "total", (json_int_t)c[AOAI_COUNT_TOTAL_TOKENS]);
 }
 
+/* What the member last said it has left, less what was sent since, and
+ * when the window those figures belong to began; null when unknown. */
+static json_t *headroom_json(apr_pool_t *pool, const aoai_member_stats *stats)
+{
+    static const char *const kinds[AOAI_HEADROOM_KINDS] = { "requests",
+                                                            "tokens" };
+    json_t *headroom = json_object();
+    int kind;
+
+    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+        json_object_set_new(headroom, kinds[kind],
+            stats->headroom_remaining[kind] < 0 ? json_null()
+            : json_pack("{s:I,s:I,s:s}",
+                        "remaining",
+                        (json_int_t)stats->headroom_remaining[kind],
+                        "limit", (json_int_t)stats->headroom_limit[kind],
+                        "window_start", iso_time(pool,
+                            stats->headroom_window_start[kind])));
+    }
+    return headroom;
+}
+
 static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
                            apr_time_t now)
 {
@@ -452,6 +474,8 @@ static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
         "failovers", (json_int_t)c[AOAI_COUNT_FAILOVERS],
         "tokens", tokens_json(c),
         "keys", keys);
+    json_object_set_new(member, "headroom", headroom_json(pool,
+                                                          &view->stats));
     if (view->stats.throttle_until > now) {
         json_object_set_new(member, "throttled_until", json_string(
             iso_time(pool, view->stats.throttle_until)));

@@ -417,6 +417,16 @@ static void read_stats(const aoai_member_slot *slot, aoai_member_stats *stats)
         stats->counters[i] = apr_atomic_read64(
             (volatile apr_uint64_t *)&slot->counters[i]);
     }
+    for (i = 0; i < AOAI_HEADROOM_KINDS; i++) {
+        aoai_headroom_shared *h = (aoai_headroom_shared *)&slot->headroom[i];
+        int known = (apr_int64_t)apr_atomic_read64(&h->reported) >= 0;
+
+        stats->headroom_remaining[i] = known
+            ? (apr_int64_t)apr_atomic_read64(&h->estimate) : -1;
+        stats->headroom_limit[i] = (apr_int64_t)apr_atomic_read64(&h->limit);
+        stats->headroom_window_start[i] =
+            (apr_time_t)apr_atomic_read64(&h->window_start);
+    }
 }
 
 int aoai_member_stats_read(const aoai_member_slot *slot,

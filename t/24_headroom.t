@@ -29,7 +29,8 @@ sub gateway {
     $conf .= "    BalancerMember " . $mock->member_url($_) . " lbset=" . $lbset++
            . " route=$_\n" for @members;
     $conf .= "    ProxySet lbmethod=aoai\n$directives</Proxy>\n"
-           . "ProxyPass /openai balancer://aoai/openai\n";
+           . "ProxyPass /openai balancer://aoai/openai\n"
+           . "<Location /aoai-status>\n    SetHandler aoai-balancer-status\n</Location>\n";
     return start_gateway(conf => $conf);
 }
 
@@ -62,6 +63,15 @@ my $mock = start_mock(members => [
     is_deeply([ @who[0 .. 4] ], [ ('primary') x 5 ], 'the primary first, by priority');
     is($mock->stats('primary')->{status}{429} // 0, 0, 'the primary never had to answer 429');
     is($mock->stats('primary')->{requests}, 5, 'and was asked exactly 5 times');
+    my $status = AOAITest::get_json($gw->url . '/aoai-status');
+    my ($primary) = grep { $_->{route} eq 'primary' } @{ $status->{balancers}[0]{members} };
+    is($primary->{headroom}{requests}{remaining}, 0, 'the JSON status shows its requests used up');
+    is($primary->{headroom}{requests}{limit}, 4, '  and the largest figure it sent (its limit less one)');
+    # The mock always says 120000 tokens; the figure only goes down inside
+    # a window, by each call's estimate after the one that opened it.
+    my $estimate = int(length(chat_body()) / 4) + 1;
+    is($primary->{headroom}{tokens}{remaining}, 120000 - 4 * $estimate,
+       '  and its tokens, less the estimates of the calls sent since the first figure');
     sleep 3.2;
     @who = served_by($gw, 6);
     is(count_of('primary', @who), 5, 'after its window, the primary serves its next 5');
