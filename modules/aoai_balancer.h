@@ -396,6 +396,7 @@ int aoai_throttle_note_garbage(aoai_member_slot *slot, int garbage);
 int aoai_member_is_throttled(proxy_balancer *balancer, proxy_worker *worker,
                              apr_time_t now);
 aoai_headroom_shared *aoai_member_headroom(aoai_member_slot *slot);
+volatile apr_uint64_t *aoai_member_unpublished(aoai_member_slot *slot);
 aoai_quota_shared *aoai_key_quota_shared(const char *label);
 apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now);
 

@@ -88,6 +88,7 @@ typedef struct {
 typedef struct {
     unsigned char id[AOAI_CACHE_ID_LENGTH];
     apr_time_t until;
+    aoai_member_slot *slot;   /* where a failed store is left for the sync */
 } aoai_publish_job;
 
 /* One per child process. */
@@ -304,6 +305,33 @@ static void note_garbage(const aoai_sync_member *member, const char *value,
 /* ------------------------------------------------------------------ */
 /* Sync: the watchdog singleton                                          */
 
+static apr_status_t store_window(const aoai_publish_job *job,
+                                 apr_pool_t *pool);
+
+static apr_status_t republish(aoai_sync_member *member, apr_time_t now,
+                              apr_pool_t *pool)
+{
+    volatile apr_uint64_t *unpublished = aoai_member_unpublished(member->slot);
+    apr_uint64_t until = apr_atomic_read64(unpublished);
+    aoai_publish_job job;
+    apr_status_t rv;
+
+    if (!until) {
+        return APR_SUCCESS;
+    }
+    if ((apr_time_t)until > now) {
+        memcpy(job.id, member->id, sizeof(job.id));
+        job.until = (apr_time_t)until;
+        job.slot = member->slot;
+        if ((rv = store_window(&job, pool)) != APR_SUCCESS) {
+            return rv;
+        }
+        count(AOAI_CACHE_PUBLISHED);
+    }
+    apr_atomic_cas64(unpublished, 0, until);
+    return APR_SUCCESS;
+}
+
 static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
                                  apr_pool_t *pool)
 {
@@ -313,6 +341,10 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
     apr_time_t until;
     apr_status_t rv;
 
+    rv = republish(member, now, pool);
+    if (rv != APR_SUCCESS) {
+        return rv;
+    }
     rv = cache.provider->retrieve(cache.instance, cache.provider_server,
                                   member->id, AOAI_CACHE_ID_LENGTH,
                                   (unsigned char *)value, &length, pool);
@@ -418,6 +450,24 @@ static apr_status_t store_window(const aoai_publish_job *job, apr_pool_t *pool)
                                  (unsigned int)length, pool);
 }
 
+/* A window the cache did not take is left in the member's slot; the sync
+ * stores it once the cache answers again.  Each child's provider holds a
+ * server it saw fail for dead for 5 s, so its own stores can go on failing
+ * after the sync has found the cache back. */
+static void note_unpublished(aoai_member_slot *slot, apr_time_t until)
+{
+    volatile apr_uint64_t *unpublished = aoai_member_unpublished(slot);
+
+    while (unpublished) {
+        apr_uint64_t seen = apr_atomic_read64(unpublished);
+        if (seen >= (apr_uint64_t)until
+            || apr_atomic_cas64(unpublished, (apr_uint64_t)until, seen)
+               == seen) {
+            break;
+        }
+    }
+}
+
 static void *APR_THREAD_FUNC publish_loop(apr_thread_t *thread, void *baton)
 {
     aoai_publisher *pub = baton;
@@ -450,6 +500,7 @@ static void *APR_THREAD_FUNC publish_loop(apr_thread_t *thread, void *baton)
             }
             else {
                 count(AOAI_CACHE_PUBLISH_FAILURES);
+                note_unpublished(batch[i].slot, batch[i].until);
                 note_unreachable(rv, "storing a window");
             }
         }
@@ -495,6 +546,7 @@ void aoai_shared_cache_publish(request_rec *r, proxy_balancer *balancer,
         job = &pub->pending[pub->pending_count++];
         memcpy(job->id, id, sizeof(id));
         job->until = 0;
+        job->slot = aoai_throttle_slot(balancer, worker);
     }
     if (!job) {
         apr_thread_mutex_unlock(pub->lock);

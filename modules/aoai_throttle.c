@@ -60,6 +60,8 @@ struct aoai_member_slot {
     volatile apr_uint64_t counters[AOAI_COUNTER_COUNT];
     aoai_headroom_shared headroom[AOAI_HEADROOM_KINDS]; /* AOAI_SLOT_MEMBER */
     aoai_quota_shared quota;              /* AOAI_SLOT_KEY of a key's quota */
+    volatile apr_uint64_t unpublished;    /* a window end the shared cache
+                                           * did not take; the sync retries */
     char name[AOAI_SLOT_NAME_SIZE];       /* "balancer|member", for people */
     char label[AOAI_LABEL_MAX + 1];       /* AOAI_SLOT_KEY: the key's label */
 };
@@ -518,6 +520,11 @@ apr_time_t aoai_soonest_window_end(proxy_balancer *balancer, apr_time_t now)
         }
     }
     return soonest;
+}
+
+volatile apr_uint64_t *aoai_member_unpublished(aoai_member_slot *slot)
+{
+    return slot ? &slot->unpublished : NULL;
 }
 
 aoai_headroom_shared *aoai_member_headroom(aoai_member_slot *slot)
