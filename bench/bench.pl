@@ -7,7 +7,7 @@
 #   bench/run                 full run (about 4 minutes)
 #   bench/run --smoke         short loads, for CI (about 1 minute)
 #
-# Prints a Markdown table of the six figures; absolute numbers drift on a
+# Prints a Markdown table of the figures; absolute numbers drift on a
 # shared 2-core machine, so each comparison is a ratio of runs made side by
 # side here, alternating between the two sides.
 use strict;
@@ -16,6 +16,7 @@ use FindBin;
 use lib "$FindBin::Bin/../t/lib";
 use AOAITest;
 use AOAITLS;
+use AOAICache;
 use File::Temp qw(tempdir);
 use Getopt::Long;
 use Time::HiRes qw(time sleep);
@@ -39,9 +40,13 @@ my $mock = start_mock(name => 'bench-mock', members => [
                                        win_primary win_secondary)),
     { name => 'scen_primary', quota => '20 10000' },
     { name => 'scen_secondary' },
+    { name => 'nohr_primary', quota => '20 10000' },
+    { name => 'nohr_secondary' },
     { name => 'ngx_primary', quota => '20 10000' },
     { name => 'ngx_secondary' },
     { name => 'fb_slow' }, { name => 'fb_fast' },
+    { name => 'shared_primary', quota => '20 10000' }, { name => 'shared_secondary' },
+    { name => 'own_primary', quota => '20 10000' }, { name => 'own_secondary' },
 ]);
 my %url = map { $_ => $mock->member_url($_) } keys %{ $mock->{member_port} };
 
@@ -68,6 +73,9 @@ $gw_conf .= balancer('fo', 'aoai', [fo_primary => 0], [fo_secondary => 1])
           . balancer('solo', 'aoai', [fo_secondary => 0])
           . balancer('win', 'aoai', [win_primary => 0], [win_secondary => 1])
           . balancer('scen', 'aoai', [scen_primary => 0], [scen_secondary => 1])
+          . balancer('nohr', 'aoai', [nohr_primary => 0], [nohr_secondary => 1])
+          . "<Location /nohr>\n    AOAIHeadroomFloor requests off\n"
+          . "    AOAIHeadroomFloor tokens off\n</Location>\n"
           . balancer('fb', 'aoai', [fb_slow => 0], [fb_fast => 1])
           . "<Location /fb>\n    AOAIFirstByteTimeout 500ms\n</Location>\n";
 
@@ -273,7 +281,8 @@ row('3. Failover cost',
 
 # 4. Throttle scenario, through the module and through nginx
 sub scenario {
-    my ($base, $primary, $secondary) = @_;
+    my ($bases, $primary, $secondary) = @_;
+    $bases = [$bases] unless ref $bases;    # clients take the gateways in turn
     my $calls = $smoke ? 60 : 300;
     my $interval = $smoke ? 0.1 : 0.4;
     my @pids;
@@ -288,6 +297,7 @@ sub scenario {
             sleep $interval * ($worker - 1) / 4;
             open my $out, '>', "$results.$worker" or die;
             for my $i (1 .. $calls / 4) {
+                my $base = $bases->[ ($worker - 1) % @$bases ];
                 my $res = HTTP::Tiny->new(timeout => 30, keep_alive => 0)->request(
                     'POST', "$base$path", { headers => { 'content-type' => 'application/json' },
                                             content => chat_body() });
@@ -330,16 +340,19 @@ sub scenario {
 }
 print STDERR "4. throttle scenario\n";
 my $sc = scenario("$gw_url/scen", 'scen_primary', 'scen_secondary');
+my $sh = scenario("$gw_url/nohr", 'nohr_primary', 'nohr_secondary');
 my $sn = scenario("http://127.0.0.1:$nginx_port/scen", 'ngx_primary', 'ngx_secondary');
-for my $case ([ 'aoai', $sc ], [ 'nginx', $sn ]) {
-    my ($name, $r) = @$case;
+for my $case ([ 'aoai', $sc, 0, 'zero: headroom routing steers away before the quota runs out', 95 ],
+              [ 'aoai, headroom off', $sh, $sh->{windows}, 'one per window', 99 ],
+              [ 'nginx', $sn, $sn->{windows}, 'one per window', 99 ]) {
+    my ($name, $r, $target_429, $why, $target_share) = @$case;
     row("4. Throttle scenario ($name)",
         sprintf('%d calls from 4 clients in %.0f s; primary quota 20 per 10 s (%d windows)',
                 $r->{calls}, $r->{elapsed}, $r->{windows}),
-        sprintf('client success **%.3f** (target 1.000); 429s the primary sent **%d** (target %d, one per window); '
-                . 'primary served %d of the %d its quota allowed: **%.0f%%** (target >= 99%%)',
-                $r->{success}, $r->{wasted_429}, $r->{windows}, $r->{primary_served},
-                $r->{allowed}, 100 * $r->{primary_served} / $r->{allowed}));
+        sprintf('client success **%.3f** (target 1.000); 429s the primary sent **%d** (target %d, %s); '
+                . 'primary served %d of the %d its quota allowed: **%.0f%%** (target >= %d%%)',
+                $r->{success}, $r->{wasted_429}, $target_429, $why, $r->{primary_served},
+                $r->{allowed}, 100 * $r->{primary_served} / $r->{allowed}, $target_share));
 }
 
 # 5. Memory
@@ -394,6 +407,50 @@ row('7. First-byte timeout',
     sprintf('a member that holds its answer 10 s, AOAIFirstByteTimeout 500ms, %d streamed calls: %d served by the next member, median %.0f ms end to end',
             $smoke ? 3 : 10, scalar @fb_took, $fb_median * 1000),
     sprintf('**%.0f ms** from the timeout to the next member\'s whole stream', ($fb_median - 0.5) * 1000));
+
+# 8. Several gateways: the throttle scenario through two gateways that
+# share their windows through one Redis, against two that do not (headroom
+# routing off in both, so that 429s are what the gateways learn from), and
+# the overhead of a gateway with sync on against one with it off.
+print STDERR "8. two gateways, shared cache\n";
+my $redis = start_redis();
+sub gateway_pair {
+    my ($tag, $cache, $primary, $secondary) = @_;
+    my $conf = ($cache ? "AOAISharedCache " . $redis->spec . "\n" : '')
+        . balancer('aoai', 'aoai', [pA => 0], [pB => 0])
+        . balancer('scen', 'aoai', [$primary => 0], [$secondary => 1])
+        # headroom routing would steer both gateways away before any 429:
+        # off, so that the 429s show what sharing the windows saves
+        . "<Location /scen>\n    AOAIHeadroomFloor requests off\n"
+        . "    AOAIHeadroomFloor tokens off\n</Location>\n";
+    return map {
+        start_gateway(name => "bench-$tag$_", conf => $conf, loglevel => 'warn',
+                      mpm => 'event',
+                      extra_modules => AOAITest::load_modules('socache_redis'))
+    } 1, 2;
+}
+my @shared_pair = gateway_pair('shared', 1, 'shared_primary', 'shared_secondary');
+my @own_pair = gateway_pair('own', 0, 'own_primary', 'own_secondary');
+my $ss = scenario([ map { $_->url . '/scen' } @shared_pair ], 'shared_primary', 'shared_secondary');
+my $so = scenario([ map { $_->url . '/scen' } @own_pair ], 'own_primary', 'own_secondary');
+for my $case ([ 'one Redis', $ss ], [ 'no cache', $so ]) {
+    my ($name, $r) = @$case;
+    row("8. Two gateways ($name)",
+        sprintf('%d calls from 4 clients, 2 per gateway, in %.0f s; primary quota 20 per 10 s (%d windows); headroom routing off',
+                $r->{calls}, $r->{elapsed}, $r->{windows}),
+        sprintf('client success **%.3f** (target 1.000); 429s the primary sent **%d**, %.1f per window (target 1 per window in all with the cache); '
+                . 'primary served %d of the %d its quota allowed',
+                $r->{success}, $r->{wasted_429}, $r->{wasted_429} / $r->{windows},
+                $r->{primary_served}, $r->{allowed}));
+}
+my $sync = compare(sync_on => $shared_pair[0]->url . "/aoai$path",
+                   sync_off => $own_pair[0]->url . "/aoai$path");
+row('8. Shared cache overhead',
+    sprintf('sync on (Redis, every 250 ms): %s; sync off: %s', fmt($sync->{sync_on}), fmt($sync->{sync_off})),
+    sprintf('on/off throughput **%.3f** (target: no measurable difference; the request path is unchanged)',
+            $sync->{sync_on}{rps} / $sync->{sync_off}{rps}));
+$_->stop for @shared_pair, @own_pair;
+$redis->stop;
 
 my $errors = join ', ', map { "$_: $o->{$_}{errors}" } sort keys %$o;
 chomp(my $cpu = `grep -m1 'model name' /proc/cpuinfo | cut -d: -f2`);
