@@ -16,7 +16,6 @@ use FindBin;
 use lib "$FindBin::Bin/../t/lib";
 use AOAITest;
 use AOAITLS;
-use AOAICache;
 use File::Temp qw(tempdir);
 use Getopt::Long;
 use Time::HiRes qw(time sleep);

@@ -1,261 +1,492 @@
-# AOAISharedCache: two gateways, one view of every member's quota, through
-# a real redis-server and a real memcached.
-#   - a 429 seen through gateway A keeps gateway B's next calls off that
-#     member within one sync interval; the cache holds the window's end;
-#   - the cache stopped: both gateways keep serving, the request that met a
-#     429 waits no longer than before, one AH10935 per gateway; the cache
-#     back: sync resumes by itself (AH10936) and windows flow again;
-#   - garbage under a member's key: rejected, logged, never a crash; a
-#     far-future value parks the member no longer than AOAIThrottleMax;
-#   - a hung cache: the request that met a 429 waits AOAISharedCacheTimeout
-#     at most;
-#   - the status pages say whether the cache is configured and reachable;
-#   - bad directives fail apache2 -t.
+# Issue 10: AOAISharedCache, throttle windows shared between gateways
+# through a real redis-server and a real memcached.
+#   a-c  a 429 seen through gateway A is in the cache (epoch ms, with a
+#        TTL) when the client has its answer, gateway B learns it within a
+#        sync and never calls that member, and both status pages say so;
+#   d    the cache stopped: both gateways keep serving, a 429 still fails
+#        over at once, the status says unreachable and each error_log has
+#        one AH10935, not one per sync;
+#   e    the cache back on the same port: reachable again (AH10936), the
+#        window A opened during the outage reaches B, and a new window
+#        flows from A to B again (B then answers 429 asking no member);
+#        (a-e through redis and through memcached)
+#   f    garbage under a member's key: rejected, counted, logged once
+#        (AH10937), never a crash or a parked member; a window a day ahead
+#        parks the member no longer than AOAIThrottleMax; one in the past
+#        is ignored;
+#   g    a cache that accepts and never answers: the request that met a 429
+#        waits AOAISharedCacheTimeout at most (default 50ms, then 600ms);
+#   h    without AOAISharedCache the status pages say so;
+#   i    wrong directives fail apache2 -t, naming the directive.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use AOAITest;
-use AOAICache;
-use Time::HiRes qw(time sleep);
 use HTTP::Tiny;
+use JSON::PP ();
+use Time::HiRes qw(time sleep);
+use Time::Local qw(timegm);
+use AOAITest;
 
-my $mock = start_mock(members => [ map { { name => $_ } } qw(primary secondary tertiary) ]);
-my %url = map { $_ => $mock->member_url($_) } qw(primary secondary tertiary);
+my $started = time;
+my @ROUTES = qw(primary secondary tertiary);
+my $mock = start_mock(members => [ map { { name => $_ } } @ROUTES ]);
+my %url = map { $_ => $mock->member_url($_) } @ROUTES;
 
+# The gateway configuration; identical on every gateway of a test but for
+# the cache and the limits named.
 sub gateway_conf {
-    my ($spec, $extra) = @_;
-    return ($spec ? "AOAISharedCache $spec\nAOAISharedCacheSync 250ms\n" : '')
-        . ($extra // '') . <<"EOF";
+    my (%o) = @_;
+    my $cache = $o{cache} ? "AOAISharedCache $o{cache}\n"
+                          . "AOAISharedCacheSync " . ($o{sync} || '250ms') . "\n"
+                          : '';
+    $cache .= "AOAISharedCacheTimeout $o{timeout}\n" if $o{timeout};
+    my $max = $o{throttle_max} ? "    AOAIThrottleMax $o{throttle_max}\n" : '';
+    return <<"EOF";
+${cache}ExtendedStatus On
 <Proxy balancer://aoai>
     BalancerMember $url{primary} lbset=0 route=primary
     BalancerMember $url{secondary} lbset=1 route=secondary
     BalancerMember $url{tertiary} lbset=2 route=tertiary
     ProxySet lbmethod=aoai
-    AOAIThrottleMax 20
-</Proxy>
-ProxyPass /openai balancer://aoai/openai
+$max</Proxy>
 ProxyPass /aoai-status !
 ProxyPass /server-status !
-ExtendedStatus On
+ProxyPass /openai balancer://aoai/openai
 <Location /aoai-status>
     SetHandler aoai-balancer-status
+    Require ip 127.0.0.1
 </Location>
 <Location /server-status>
     SetHandler server-status
+    Require ip 127.0.0.1
 </Location>
 EOF
 }
 
-sub start_pair {
-    my ($cache, $module) = @_;
-    return map {
-        start_gateway(name => "gw$_", conf => gateway_conf($cache->spec),
-                      extra_modules => AOAITest::load_modules($module))
-    } qw(A B);
+sub gateway {
+    my ($name, $module, %o) = @_;
+    return start_gateway(name => $name, conf => gateway_conf(%o),
+                         $module ? (extra_modules => AOAITest::load_modules($module)) : ());
 }
 
-sub status { AOAITest::get_json($_[0]->url . '/aoai-status') }
-sub member_of {
-    my ($status, $route) = @_;
-    my ($m) = grep { $_->{route} eq $route } @{ $status->{balancers}[0]{members} };
-    return $m;
+# The key a member's window is kept under, computed as the contract says.
+sub cache_key {
+    my ($member_url) = @_;
+    return 'aoai-balancer:' . substr(sha256_hex("balancer://aoai\0$member_url"), 0, 32);
 }
-sub count_lines { my ($gw, $re) = @_; scalar(() = $gw->error_log =~ /$re/g) }
 
-# The same story through each provider.
-sub shared_windows {
-    my ($kind, $cache, $module) = @_;
-    $mock->reset;
-    my ($a, $b) = start_pair($cache, $module);
+sub cache_get {
+    my ($cache, $key) = @_;
+    if ($cache->isa('AOAITest::Redis')) {
+        my $value = $cache->cli('GET', $key);
+        return $value eq '' ? undef : $value;
+    }
+    return $cache->get($key);
+}
 
-    # a. A 429 through A.
-    $mock->control('primary', { force_status => 429, force_count => 1,
-                                retry_after_ms => 15000 });
+sub cache_ttl {
+    my ($cache, $key) = @_;
+    return $cache->isa('AOAITest::Redis') ? $cache->cli('TTL', $key) : $cache->ttl($key);
+}
+
+sub status { get_json($_[0]->url . '/aoai-status') }
+sub shared { status($_[0])->{shared_cache} }
+sub member {
+    my ($gw, $route) = @_;
+    my ($balancer) = grep { $_->{name} eq 'balancer://aoai' } @{ status($gw)->{balancers} };
+    my ($m) = grep { $_->{route} eq $route } @{ $balancer->{members} || [] };
+    return $m || {};
+}
+sub auto_line {
+    my ($gw) = @_;
+    my $page = HTTP::Tiny->new(timeout => 10, keep_alive => 0)
+        ->get($gw->url . '/server-status?auto')->{content} // '';
+    my ($line) = $page =~ /^(AOAISharedCache:.*)$/m;
+    return $line // '';
+}
+sub log_count {
+    my ($gw, $re) = @_;
+    return scalar(() = $gw->error_log =~ /$re/g);
+}
+sub log_lines {
+    my ($gw, $re) = @_;
+    return join '', grep { /$re/ } split /^/, $gw->error_log;
+}
+
+# Milliseconds since the epoch of an ISO 8601 time as the status gives it.
+sub iso_ms {
+    my ($iso) = @_;
+    return undef unless defined $iso
+        && $iso =~ /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,3}))?Z$/;
+    return timegm($6, $5, $4, $3, $2 - 1, $1) * 1000 + ($7 ? substr("${7}00", 0, 3) : 0);
+}
+
+# wait_until that reports instead of dying: seconds it took, or undef.
+sub wait_for {
+    my ($what, $timeout, $cond) = @_;
     my $t0 = time;
-    my $res = chat($a);
-    is($res->{status}, 200, "$kind: a call through A gets 200");
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', "$kind:   from the secondary, after the primary's 429");
-    my $stored = $cache->get(cache_key('balancer://aoai', $url{primary}));
-    ok(defined $stored && $stored =~ /^\d+$/, "$kind: the cache holds the primary's window end")
-        or diag "stored: " . ($stored // 'nothing');
-    my $expected_ms = ($t0 + 15) * 1000;
-    cmp_ok(abs(($stored // 0) - $expected_ms), '<', 2000,
-           "$kind:   as epoch milliseconds, 15 s ahead");
-
-    # b. B learns it within one sync interval.
-    my $learned_after;
-    eval {
-        AOAITest::wait_until('B to learn the window', 3, sub {
-            (member_of(status($b), 'primary')->{state} // '') eq 'throttled'
-        });
-        $learned_after = time - $t0;
-    };
-    ok(defined $learned_after, "$kind: B shows the primary throttled");
-    diag sprintf('%s: B learned the window %.0f ms after A\'s call', $kind,
-                 1000 * ($learned_after // 0));
-    cmp_ok($learned_after // 99, '<', 1.0, "$kind:   within one sync (250 ms, mod_watchdog's 300 ms steps) and the read");
-    cmp_ok(status($b)->{shared_cache}{learned}, '>=', 1, "$kind:   and counts it as learned");
-    $res = chat($b);
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', "$kind: B's call goes to the secondary");
-    is($mock->stats('primary')->{requests}, 1, "$kind:   B never called the primary");
-    cmp_ok(member_of(status($b), 'primary')->{throttled_for_ms}, '>', 12000,
-           "$kind:   B parks it for the window A saw");
-
-    # c. A's view of the cache.
-    my $sc = status($a)->{shared_cache};
-    ok($sc->{configured}, "$kind: A's status: configured");
-    is($sc->{provider}, $kind eq 'redis' ? 'redis' : 'memcache', "$kind:   the provider");
-    ok($sc->{reachable}, "$kind:   reachable");
-    cmp_ok($sc->{published}, '>=', 1, "$kind:   the window published");
-    cmp_ok($sc->{last_sync_age_ms} // 99999, '<', 2000, "$kind:   synced lately");
-    my $auto = HTTP::Tiny->new(timeout => 10)->get($a->url . '/server-status?auto')->{content};
-    like($auto, qr/^AOAISharedCache: provider=\w+ reachable=1 last_sync_age_ms=\d+ syncs=\d+ sync_failures=\d+ published=[1-9]\d* publish_failures=0 learned=\d+ rejected=0$/m,
-         "$kind: server-status?auto has the cache line");
-
-    # d. The cache goes away.  The primary is parked; a 429 on the
-    # secondary now must still fail over to the tertiary, at once.
-    $cache->stop;
-    $mock->control('secondary', { force_status => 429, force_count => 1,
-                                  retry_after_ms => 15000 });
-    $t0 = time;
-    $res = chat($a);
-    my $took = time - $t0;
-    is($res->{headers}{'x-aoai-backend'}, 'tertiary', "$kind: cache down: a 429 still fails over");
-    cmp_ok($took, '<', 0.5, sprintf("%s:   in %.0f ms: the publish does not hold the call", $kind, 1000 * $took));
-    my $ok = 0;
-    for my $gw ($a, $b) {
-        for (1 .. 10) { $ok++ if chat($gw)->{status} == 200 }
-    }
-    is($ok, 20, "$kind: 20 calls through the two gateways, all served");
-    for my $gw ([ A => $a ], [ B => $b ]) {
-        eval { AOAITest::wait_until('unreachable', 3, sub { !status($gw->[1])->{shared_cache}{reachable} }) };
-        ok(!status($gw->[1])->{shared_cache}{reachable}, "$kind: $gw->[0] says unreachable");
-    }
-    sleep 1;    # several syncs fail meanwhile
-    is(count_lines($a, qr/AH10935/), 1, "$kind: A logged AH10935 once, not once per sync");
-    is(count_lines($b, qr/AH10935/), 1, "$kind: B logged AH10935 once");
-
-    # e. Back.  apr_redis and apr_memcache try a dead server again after 5 s.
-    $cache->start;
-    my $back;
-    eval {
-        AOAITest::wait_until('sync to resume', 10, sub { status($a)->{shared_cache}{reachable}
-                                                         && status($b)->{shared_cache}{reachable} });
-        $back = 1;
-    };
-    ok($back, "$kind: after the cache returns, both gateways reach it again");
-    like($a->error_log, qr/AH10936: AOAISharedCache \w+ is reachable again/, "$kind:   AH10936 says so");
-    my $learned = 0;
-    eval {
-        AOAITest::wait_until('B to learn the window A could not store', 3, sub {
-            (member_of(status($b), 'secondary')->{state} // '') eq 'throttled'
-        });
-        $learned = 1;
-    };
-    ok($learned, "$kind: the window A opened while the cache was down reaches B once it is back");
-    $mock->control('tertiary', { force_status => 429, force_count => 1, retry_after_ms => 15000 });
-    $res = chat($a);
-    is($res->{status}, 429, "$kind: A's last member answers 429 too: the client gets 429");
-    $learned = 0;
-    eval {
-        AOAITest::wait_until('B to learn again', 3, sub {
-            (member_of(status($b), 'tertiary')->{state} // '') eq 'throttled'
-        });
-        $learned = 1;
-    };
-    ok($learned, "$kind: a new window through A reaches B again");
-
-    unlike($_->error_log, qr/exit signal|AH00052/, "$kind: no child crashed") for $a, $b;
-    $a->stop;
-    $b->stop;
+    return eval { wait_until($what, $timeout, $cond); time - $t0 };
 }
 
-{
-    my $redis = start_redis();
-    shared_windows('redis', $redis, 'socache_redis');
+sub ms { sprintf '%.0f ms', 1000 * $_[0] }
 
-    # f. Garbage under the tertiary's key, read by a fresh gateway.
+sub timed_chat {
+    my ($gw) = @_;
+    my $t0 = time;
+    my $res = chat($gw);
+    $res->{took} = time - $t0;
+    return $res;
+}
+
+sub no_crash {
+    my ($label, @gateways) = @_;
+    for my $gw (@gateways) {
+        unlike($gw->error_log, qr/exit signal|AH00052/, "$label: no child of $gw->{name} crashed");
+    }
+}
+
+# ---------------------------------------------------------------------
+# a-e: the same story through each provider.
+sub shared_windows {
+    my ($cache, $provider, $module) = @_;
+    my $t = "$provider:";
     $mock->reset;
-    my $key = cache_key('balancer://aoai', $url{tertiary});
-    my $gw = start_gateway(name => 'gwG', conf => gateway_conf($redis->spec),
-                           extra_modules => AOAITest::load_modules('socache_redis'));
-    for my $garbage ('garbage', '-5', '123abc', '1' x 40) {
-        $redis->set($key, $garbage);
-        sleep 0.7;
-        is(chat($gw)->{status}, 200, "garbage '$garbage' in the cache: calls are served");
+    my $A = gateway('gwA', $module, cache => $cache->spec);
+    my $B = gateway('gwB', $module, cache => $cache->spec);
+    # Both running their sync before anything is measured.
+    ok(defined wait_for("$provider: both gateways to sync", 5, sub {
+        my ($a, $b) = (shared($A), shared($B));
+        $a->{reachable} && $a->{syncs} >= 1 && $b->{reachable} && $b->{syncs} >= 1;
+    }), "$t both gateways reach the cache after start-up");
+    is(member($A, 'primary')->{name}, $url{primary},
+       "$t the member's name is its URL as written (the key is computed from it)");
+
+    # a. A 429 through A: failover, and the window in the cache.
+    $mock->control('primary', { force_status => 429, force_count => 1,
+                                retry_after_ms => 30000 });
+    my $t0 = time;
+    my $res = chat($A);
+    my $t1 = time;
+    is($res->{status}, 200, "$t a call through A whose primary answers 429 gets 200");
+    is($res->{headers}{'x-aoai-backend'}, 'secondary', "$t   from the secondary");
+    note "$provider: the call with the 429 took " . ms($t1 - $t0);
+    my $key = cache_key($url{primary});
+    my $value = cache_get($cache, $key);
+    note "$provider: the window was " . (defined $value ? '' : 'not ')
+       . "in the cache when the client had its answer";
+    my $waited = wait_for("$provider: the window in the cache", 2,
+                          sub { defined($value = cache_get($cache, $key)) });
+    ok(defined $waited, "$t the cache holds $key") or do {
+        diag "keys in redis: " . $cache->cli('KEYS', 'aoai-balancer:*') if $cache->isa('AOAITest::Redis');
+    };
+    like($value // '', qr/^\d+\z/, "$t   as plain decimal digits ('" . ($value // 'nothing') . "')");
+    my ($low, $high) = (int($t0 * 1000) + 30000 - 1000, int($t1 * 1000) + 30000 + 1000);
+    ok(($value // 0) >= $low && ($value // 0) <= $high,
+       "$t   the window's end in epoch ms, 30 s after the 429 ("
+       . (($value // 0) - int($t1 * 1000)) . " ms after the answer)");
+    my $ttl = cache_ttl($cache, $key) // -2;
+    cmp_ok($ttl, '>=', 1, "$t   with an expiry ($ttl s left)");
+    is($cache->cli('TYPE', $key), 'string', "$t   as a plain redis string")
+        if $cache->isa('AOAITest::Redis');
+
+    # b. B learns it from its sync and keeps its calls off the primary.
+    my $learned_in = wait_for("$provider: B to learn the window", 3,
+                              sub { (member($B, 'primary')->{state} // '') eq 'throttled' });
+    ok(defined $learned_in, "$t B shows the primary throttled");
+    $learned_in //= 99;
+    my $since_answer = time - $t1;
+    diag sprintf "%s: B showed A's window %s after A's client had its answer (sync 250ms)",
+                 $provider, ms($since_answer);
+    cmp_ok($since_answer, '<', 1.5, "$t   within 1.5 s");
+    my $b_primary = member($B, 'primary');
+    my $b_until = iso_ms($b_primary->{throttled_until}) // 0;
+    ok(abs($b_until - ($value // 0)) <= 1,
+       "$t   until the end A stored ($b_primary->{throttled_until}, "
+       . ($b_until - ($value // 0)) . " ms off)");
+    cmp_ok(shared($B)->{learned}, '>=', 1, "$t   B counts it as learned");
+    $res = chat($B);
+    is($res->{status}, 200, "$t a call through B is served");
+    is($res->{headers}{'x-aoai-backend'}, 'secondary', "$t   by the secondary");
+    is($mock->stats('primary')->{requests}, 1, "$t   the primary was asked once in all: B never called it");
+
+    # c. A's view of the cache, JSON and ?auto.
+    my $sc = shared($A);
+    ok(JSON::PP::is_bool($sc->{configured}) && $sc->{configured}, "$t A's status: configured true");
+    is($sc->{provider}, $provider, "$t   provider $provider");
+    ok(JSON::PP::is_bool($sc->{reachable}) && $sc->{reachable}, "$t   reachable true");
+    cmp_ok($sc->{published}, '>=', 1, "$t   published $sc->{published}");
+    is($sc->{publish_failures}, 0, "$t   no publish failure");
+    is($sc->{learned}, 0, "$t   A's own window read back is not learned");
+    is($sc->{sync_failures}, 0, "$t   no failed sync");
+    cmp_ok($sc->{syncs}, '>=', 1, "$t   syncs $sc->{syncs}");
+    like($sc->{last_sync} // '', qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/, "$t   last_sync is an ISO time");
+    ok(defined $sc->{last_sync_age_ms} && $sc->{last_sync_age_ms} =~ /^\d+$/
+       && $sc->{last_sync_age_ms} < 2000,
+       "$t   last_sync_age_ms " . ($sc->{last_sync_age_ms} // 'null') . " < 2000");
+    like(auto_line($A), qr/^AOAISharedCache: provider=\Q$provider\E reachable=1 last_sync_age_ms=\d+ syncs=[1-9]\d* sync_failures=0 published=[1-9]\d* publish_failures=0 learned=0 rejected=0$/,
+         "$t server-status?auto of A: the cache line") or diag auto_line($A);
+    like(auto_line($B), qr/^AOAISharedCache: provider=\Q$provider\E reachable=1 .* learned=[1-9]\d* rejected=0$/,
+         "$t server-status?auto of B: learned counted") or diag auto_line($B);
+
+    # d. The cache goes away.
+    $cache->stop;
+    my $stopped = time;
+    my %gone;
+    for my $gw ($A, $B) {
+        $gone{ $gw->{name} } = wait_for("$provider: $gw->{name} to see the cache gone", 5,
+                                        sub { !shared($gw)->{reachable} });
     }
-    cmp_ok(status($gw)->{shared_cache}{rejected}, '>=', 3, 'the values were rejected');
-    is(count_lines($gw, qr/AH10937/), 1, 'AH10937 logged once (at most once a minute)');
-    ok(!member_of(status($gw), 'tertiary')->{throttled_until}, 'the member is not parked by garbage');
-    $redis->set($key, int((time - 10) * 1000));
-    sleep 0.7;
-    ok(!member_of(status($gw), 'tertiary')->{throttled_until}, 'a window in the past is ignored');
-    $redis->set($key, int((time + 86400) * 1000));
-    eval { AOAITest::wait_until('the far window', 3, sub { member_of(status($gw), 'tertiary')->{throttled_until} }) };
-    my $left = member_of(status($gw), 'tertiary')->{throttled_for_ms} // 0;
-    cmp_ok($left, '>', 15000, 'a window a day ahead parks the member');
-    cmp_ok($left, '<=', 20000, "  for AOAIThrottleMax (20 s) at most ($left ms)");
-    unlike($gw->error_log, qr/exit signal|AH00052/, 'no child crashed on garbage');
-    $gw->stop;
-    $redis->stop;
+    my $gone_in = time - $stopped;
+    ok(defined $gone{gwA} && defined $gone{gwB}, "$t cache stopped: both statuses say reachable false");
+    diag "$provider: both gateways said unreachable " . ms($gone_in) . " after the cache stopped";
+    cmp_ok($gone_in, '<', 2, "$t   within 2 s");
+    my $secondary_before = $mock->stats('secondary')->{requests};
+    my (%status, %backend, $slowest);
+    $slowest = 0;
+    for my $gw ($A, $B) {
+        for (1 .. 20) {
+            my $r = timed_chat($gw);
+            $status{ $r->{status} }++;
+            $backend{ $r->{headers}{'x-aoai-backend'} // 'none' }++;
+            $slowest = $r->{took} if $r->{took} > $slowest;
+        }
+    }
+    is($status{200} // 0, 40, "$t cache down: 20 calls through each gateway, all 200")
+        or diag explain \%status;
+    is($backend{secondary} // 0, 40, "$t   all from the secondary (the primary is still parked on both)")
+        or diag explain \%backend;
+    is($mock->stats('secondary')->{requests} - $secondary_before, 40, "$t   none lost or repeated");
+    note "$provider: slowest of the 40 calls: " . ms($slowest);
+    cmp_ok($slowest, '<', 1, "$t   none held up by the cache");
+    # A 429 while the cache is down: the store fails, the call does not.
+    $mock->control('secondary', { force_status => 429, force_count => 1,
+                                  retry_after_ms => 20000 });
+    $res = timed_chat($A);
+    is($res->{status}, 200, "$t cache down: a call whose member answers 429 gets 200");
+    is($res->{headers}{'x-aoai-backend'}, 'tertiary', "$t   from the next member");
+    diag "$provider: the call with a 429 while the cache was down took " . ms($res->{took});
+    cmp_ok($res->{took}, '<', 1, "$t   in less than 1 s");
+    my $failures = shared($A)->{sync_failures};
+    # Several more syncs fail before the log is counted.
+    ok(defined wait_for("$provider: more failed syncs", 3, sub {
+        shared($A)->{sync_failures} >= $failures + 3 && shared($B)->{sync_failures} >= 4
+    }), "$t   the syncs go on failing (" . shared($A)->{sync_failures} . " on A, "
+        . shared($B)->{sync_failures} . " on B)");
+    cmp_ok(shared($A)->{publish_failures}, '>=', 1, "$t   A counts the window it could not publish");
+    for my $gw ($A, $B) {
+        is(log_count($gw, qr/AH10935/), 1, "$t $gw->{name} logged AH10935 once, not once per sync")
+            or diag log_lines($gw, qr/AH10935/);
+        like(log_lines($gw, qr/AH10935/), qr/unreachable/, "$t   saying unreachable");
+    }
+
+    # e. The cache back, on the same port.
+    $cache->start;
+    my $restarted = time;
+    my $back_in = wait_for("$provider: both gateways to reach the cache again", 10, sub {
+        shared($A)->{reachable} && shared($B)->{reachable}
+    });
+    ok(defined $back_in, "$t cache restarted: both statuses say reachable true again");
+    diag "$provider: both gateways reached the cache again " . ms(time - $restarted)
+       . " after it restarted";
+    cmp_ok(time - $restarted, '<', 7,
+           "$t   within 7 s (the provider holds a failed server for dead 5 s)");
+    for my $gw ($A, $B) {
+        like(log_lines($gw, qr/AH10936/), qr/reachable again/, "$t   $gw->{name} logged AH10936");
+    }
+    # The window A opened while the cache was down, whose store failed, is
+    # stored by A's sync once the cache is back, and B learns it.
+    my $a_secondary = member($A, 'secondary');
+    is($a_secondary->{state}, 'throttled', "$t A still parks the secondary (20 s window from the outage)");
+    my $late = wait_for("$provider: B to learn the window A could not store", 3, sub {
+        (member($B, 'secondary')->{state} // '') eq 'throttled'
+    });
+    ok(defined $late, "$t the window A opened while the cache was down reaches B once it is back");
+    my $b_secondary = member($B, 'secondary');
+    ok(abs((iso_ms($b_secondary->{throttled_until}) // 0) - (iso_ms($a_secondary->{throttled_until}) // 0)) <= 1,
+       "$t   the same window ($a_secondary->{throttled_until} on A, "
+       . ($b_secondary->{throttled_until} // 'none') . " on B)");
+
+    # A new 429 through A reaches B again: the tertiary, the last member.
+    my %asked = map { $_ => $mock->stats($_)->{requests} } @ROUTES;
+    $mock->control('tertiary', { force_status => 429, force_count => 1,
+                                 retry_after_ms => 30000 });
+    $res = chat($A);
+    $t1 = time;
+    is($res->{status}, 429, "$t a new 429 through A from its last member: the client gets 429");
+    is($mock->stats('tertiary')->{requests}, $asked{tertiary} + 1, "$t   after asking the tertiary");
+    my $again = wait_for("$provider: B to learn the new window", 3, sub {
+        (member($B, 'tertiary')->{state} // '') eq 'throttled'
+    });
+    ok(defined $again, "$t   and B learns it again");
+    diag "$provider: after the restart B learned A's new window " . ms(time - $t1) . " after the answer";
+    cmp_ok(time - $t1, '<', 1.5, "$t   within 1.5 s");
+    cmp_ok(member($B, 'tertiary')->{throttled_for_ms}, '>', 25000, "$t   the 30 s window");
+    $res = chat($B);
+    is($res->{status}, 429, "$t B, every member parked by windows it learned, answers 429");
+    my $retry_ms = $res->{headers}{'retry-after-ms'} // 0;
+    my ($soonest) = sort { $a <=> $b } map { member($B, $_)->{throttled_for_ms} } @ROUTES;
+    ok(abs($retry_ms - $soonest) <= 1000,
+       "$t   retry-after-ms $retry_ms: the soonest learned window ends then ($soonest ms left)");
+    is($mock->stats($_)->{requests}, $asked{$_} + ($_ eq 'tertiary' ? 1 : 0),
+       "$t   B asked no member ($_)") for @ROUTES;
+
+    no_crash($provider, $A, $B);
+    $_->stop for $A, $B;
 }
 
+my $redis = start_redis();
+shared_windows($redis, 'redis', 'socache_redis');
+
+my $memcached = start_memcached();
+shared_windows($memcached, 'memcache', 'socache_memcache');
+$memcached->stop;
+
+# ---------------------------------------------------------------------
+# f. Garbage under a member's key (redis).
 {
-    my $memcached = start_memcached();
-    shared_windows('memcached', $memcached, 'socache_memcache');
-    $memcached->stop;
-}
+    $redis->cli('FLUSHALL');
+    $mock->reset;
+    my $F = gateway('gwF', 'socache_redis', cache => $redis->spec, throttle_max => 20);
+    ok(defined wait_for('gwF to sync', 5, sub { shared($F)->{syncs} >= 1 }), 'garbage: the gateway syncs');
+    my $key = cache_key($url{tertiary});
+    # A sync that began before the SET may still count the value before;
+    # rejections counted once two more syncs are over come from the new one.
+    for my $garbage ('garbage', '-5', '123abc', '1' x 40) {
+        my $syncs = shared($F)->{syncs};
+        $redis->cli('SET', $key, $garbage, 'EX', 60);
+        my ($rejected, $read);
+        wait_for("'$garbage' to be read", 3, sub {
+            my $sc = shared($F);
+            ($rejected, $read) = @{$sc}{qw(rejected syncs)};
+            $read >= $syncs + 2;
+        });
+        my $grew = wait_for("'$garbage' to be rejected", 3, sub {
+            my $sc = shared($F);
+            $sc->{syncs} >= $read + 2 && $sc->{rejected} > $rejected;
+        });
+        ok(defined $grew, "garbage '$garbage' under the tertiary's key: rejected ("
+           . shared($F)->{rejected} . ' in all)');
+        my $res = chat($F);
+        is($res->{status}, 200, "  calls are served");
+        is(member($F, 'tertiary')->{state}, 'ok', '  the tertiary is not parked');
+    }
+    is(log_count($F, qr/AH10937/), 1, 'garbage: AH10937 logged once for four bad values')
+        or diag log_lines($F, qr/AH10937/);
+    ok(shared($F)->{reachable}, 'garbage: the cache is still reachable');
 
-# g. A hung cache: the wait is bounded by AOAISharedCacheTimeout.
+    # A window a day ahead: parked for AOAIThrottleMax (20 s) at most.
+    my $learned = shared($F)->{learned};
+    $redis->cli('SET', $key, int((time + 86400) * 1000), 'EX', 60);
+    ok(defined wait_for('the far window to be read', 2, sub {
+        (member($F, 'tertiary')->{state} // '') eq 'throttled'
+    }), 'a window a day ahead parks the tertiary');
+    my $now_ms = time * 1000;
+    my $tertiary = member($F, 'tertiary');
+    my $until = iso_ms($tertiary->{throttled_until}) // 0;
+    diag "a day ahead became " . ($until - int $now_ms) . " ms (AOAIThrottleMax 20)";
+    cmp_ok($until, '<=', $now_ms + 21000, '  no longer than AOAIThrottleMax: throttled_until <= now + 21 s');
+    cmp_ok($until, '>=', $now_ms + 15000, '  and for about that long');
+    cmp_ok($tertiary->{throttled_for_ms}, '<=', 20000, "  throttled_for_ms $tertiary->{throttled_for_ms}");
+    is(shared($F)->{learned}, $learned + 1, '  counted as learned');
+
+    # A window in the past: ignored, and not garbage.
+    my ($rejected, $syncs) = @{ shared($F) }{qw(rejected syncs)};
+    $learned = shared($F)->{learned};
+    $redis->cli('SET', cache_key($url{secondary}), int((time - 10) * 1000), 'EX', 60);
+    ok(defined wait_for('three syncs', 3, sub { shared($F)->{syncs} >= $syncs + 3 }),
+       'a window in the past under the secondary\'s key, read three times over');
+    is(member($F, 'secondary')->{state}, 'ok', '  ignored: the secondary is not parked');
+    is(shared($F)->{learned}, $learned, '  nothing learned');
+    is(shared($F)->{rejected}, $rejected, '  and not counted as rejected');
+    is(chat($F)->{status}, 200, '  calls are served');
+    no_crash('garbage', $F);
+    $F->stop;
+}
+$redis->stop;
+
+# ---------------------------------------------------------------------
+# g. A cache that accepts connections and never answers.
 {
     my $hole = start_blackhole();
-    for my $case ([ '', 0, 0.5 ], [ "AOAISharedCacheTimeout 600ms\n", 0.6, 2 ]) {
-        my ($extra, $at_least, $below) = @$case;
-        $mock->reset;
-        my $gw = start_gateway(name => 'gwH', conf => gateway_conf($hole->spec_redis, $extra),
-                               extra_modules => AOAITest::load_modules('socache_redis'));
-        $mock->control('primary', { force_status => 429, force_count => 1, retry_after_ms => 5000 });
-        my $t0 = time;
-        my $res = chat($gw);
-        my $took = time - $t0;
-        is($res->{status}, 200, "hung cache, timeout " . ($extra ? '600ms' : 'default 50ms') . ': served');
-        cmp_ok($took, '>=', $at_least, sprintf('  the call waited for the store (%.0f ms)', 1000 * $took)) if $at_least;
-        cmp_ok($took, '<', $below, sprintf('  no longer than the timeout allows (%.0f ms)', 1000 * $took));
-        $t0 = time;
-        is(chat($gw)->{status}, 200, '  the next call, with no 429, is served');
-        cmp_ok(time - $t0, '<', 0.5, '  without waiting on the cache');
-        $gw->stop;
+    $mock->reset;
+    my %gw = (C => gateway('gwC', 'socache_redis', cache => $hole->spec_redis),
+              D => gateway('gwD', 'socache_redis', cache => $hole->spec_redis, timeout => '600ms'));
+    for my $case ([ C => 'default 50ms', 0, 1 ], [ D => '600ms', 0.6, 2 ]) {
+        my ($name, $label, $at_least, $below) = @$case;
+        my $plain = timed_chat($gw{$name});
+        is($plain->{status}, 200, "hung cache, timeout $label: a call is served");
+        $mock->control('primary', { force_status => 429, force_count => 1,
+                                    retry_after_ms => 5000 });
+        my $res = timed_chat($gw{$name});
+        is($res->{status}, 200, "  a call whose primary answers 429 gets 200");
+        is($res->{headers}{'x-aoai-backend'}, 'secondary', '  from the secondary');
+        diag "hung cache, AOAISharedCacheTimeout $label: the call without a 429 took "
+           . ms($plain->{took}) . ", the one with a 429 " . ms($res->{took});
+        cmp_ok($res->{took}, '>=', $at_least, '  it waited for the store: ' . ms($res->{took}))
+            if $at_least;
+        cmp_ok($res->{took}, '<', $below, "  no longer than the timeout allows: under ${below}s");
+        my $next = timed_chat($gw{$name});
+        is($next->{status}, 200, '  the next call is served');
+        cmp_ok($next->{took}, '<', 0.5, '  without waiting on the cache (' . ms($next->{took}) . ')');
     }
+    # The hung connections are closed first, so that no child waits on them.
     $hole->stop;
+    no_crash('hung cache', values %gw);
+    $_->stop for values %gw;
 }
 
+# ---------------------------------------------------------------------
 # h. Not configured.
 {
-    my $gw = start_gateway(name => 'gwN', conf => gateway_conf(undef));
-    is(status($gw)->{shared_cache}{configured}, JSON::PP::false(), 'without AOAISharedCache: configured false');
-    like(HTTP::Tiny->new(timeout => 10)->get($gw->url . '/server-status?auto')->{content}, qr/^AOAISharedCache: off$/m,
-         '  and server-status?auto says off');
-    $gw->stop;
+    my $N = gateway('gwN', undef);
+    my $sc = shared($N);
+    ok(JSON::PP::is_bool($sc->{configured}) && !$sc->{configured},
+       'without AOAISharedCache: shared_cache.configured is false');
+    ok(!exists $sc->{provider}, '  with no provider');
+    is(auto_line($N), 'AOAISharedCache: off', '  server-status?auto says AOAISharedCache: off');
+    $N->stop;
 }
 
-# i. Bad directives.
-for my $case (
-    [ "AOAISharedCache nosuch:127.0.0.1:1\n", qr/AOAISharedCache: no socache provider named 'nosuch'/ ],
-    [ "AOAISharedCache shmcb\n", qr/AOAISharedCache: the 'shmcb' provider keeps its data on this host/ ],
-    [ "AOAISharedCache redis\n", qr/AOAISharedCache redis: .*server/i ],
-    [ "<VirtualHost 127.0.0.1:8080>\nAOAISharedCache redis:127.0.0.1:6379\n</VirtualHost>\n",
-      qr/AOAISharedCache cannot occur within <VirtualHost> section/ ],
-    [ "AOAISharedCacheSync 10ms\n", qr/AOAISharedCacheSync: 10ms is outside 100ms-60s/ ],
-    [ "AOAISharedCacheTimeout abc\n", qr/AOAISharedCacheTimeout: 'abc' is not a positive duration/ ],
-    [ "AOAISharedCacheTimeout 20s\n", qr/AOAISharedCacheTimeout: 20s is outside 1ms-10s/ ],
-) {
-    my ($ok, $out) = configtest($case->[0], qw(authz_core proxy proxy_http proxy_balancer
-                                               slotmem_shm socache_shmcb socache_redis));
-    ok(!$ok, "apache2 -t fails on: " . ($case->[0] =~ s/\n/ /gr));
-    like($out, $case->[1], '  naming the directive and why') or diag $out;
+# ---------------------------------------------------------------------
+# i. Directives: apache2 -t.
+{
+    my @modules = qw(authz_core proxy proxy_http proxy_balancer slotmem_shm
+                     lbmethod_byrequests socache_shmcb socache_redis socache_memcache);
+    my $balancer = "<Proxy balancer://aoai>\n    BalancerMember http://127.0.0.1:9 lbset=0\n"
+                 . "    ProxySet lbmethod=aoai\n</Proxy>\n";
+    for my $good ("AOAISharedCache redis:127.0.0.1:6379\nAOAISharedCacheSync 100ms\nAOAISharedCacheTimeout 1ms\n",
+                  "AOAISharedCache memcache:127.0.0.1:11211\nAOAISharedCacheSync 60s\nAOAISharedCacheTimeout 10s\n",
+                  "AOAISharedCache none\n") {
+        my ($ok, $out) = configtest($good . $balancer, @modules);
+        ok($ok, 'apache2 -t passes: ' . ($good =~ s/\n/; /gr)) or diag $out;
+    }
+    my @bad = (
+        [ 'AOAISharedCache nosuch:127.0.0.1:1', qr/AOAISharedCache.*no socache provider/ ],
+        [ 'AOAISharedCache shmcb', qr/AOAISharedCache.*this host/ ],
+        [ 'AOAISharedCache redis', qr/AOAISharedCache/ ],
+        [ "<VirtualHost 127.0.0.1:8080>\n    AOAISharedCache redis:127.0.0.1:6379\n</VirtualHost>",
+          qr/AOAISharedCache\b.*VirtualHost/ ],
+        [ 'AOAISharedCacheSync 10ms', qr/AOAISharedCacheSync/ ],
+        [ 'AOAISharedCacheSync 61s', qr/AOAISharedCacheSync/ ],
+        [ 'AOAISharedCacheTimeout abc', qr/AOAISharedCacheTimeout/ ],
+        [ 'AOAISharedCacheTimeout 11s', qr/AOAISharedCacheTimeout/ ],
+    );
+    for my $case (@bad) {
+        my ($directive, $expect) = @$case;
+        my ($ok, $out) = configtest("$directive\n$balancer", @modules);
+        (my $name = $directive) =~ s/\n\s*/; /g;
+        ok(!$ok, "apache2 -t fails for: $name");
+        like($out, $expect, '  naming the directive') or diag $out;
+    }
+    # shmcb is refused because it is host-local, not because it is unknown.
+    my ($ok, $out) = configtest("AOAISharedCache shmcb\n$balancer",
+                                grep { $_ ne 'socache_shmcb' } @modules);
+    like($out, qr/AOAISharedCache.*no socache provider/, 'without mod_socache_shmcb, shmcb is an unknown provider')
+        or diag $out;
 }
 
 $mock->stop;
+diag sprintf 't/23 took %.1f s', time - $started;
 done_testing();

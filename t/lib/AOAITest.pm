@@ -26,7 +26,7 @@ use Digest::SHA qw(sha256_hex);
 our @EXPORT = qw(start_mock start_gateway configtest chat_body chat
                  post_json get_json free_port wait_until raw_connect
                  raw_request access_log_records sha256_hex $TOP
-                 $CHAT_PATH);
+                 $CHAT_PATH start_redis start_memcached start_blackhole);
 
 our $CHAT_PATH =
     '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01';
@@ -524,5 +524,243 @@ sub get_json {
     die "GET $url: $res->{status} $res->{content}" unless $res->{success};
     return $JSON->decode($res->{content});
 }
+
+# ---------------------------------------------------------------------
+# Shared caches for AOAISharedCache: a real redis-server, a real memcached
+# and a "blackhole" (a port that accepts connections and never answers, a
+# cache that is up but hung).  Each listens on 127.0.0.1 only, runs in the
+# background from fork/exec, logs into a throwaway directory and is stopped
+# by the PID it was started with (also when its object goes away).
+package AOAITest::CacheServer;
+
+use File::Temp qw(tempdir);
+use IO::Select;
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+sub new_server {
+    my ($class, $name) = @_;
+    my $self = bless {
+        name => $name, port => AOAITest::free_port(), owner => $$,
+        dir => tempdir("aoai-$name-XXXXXX", TMPDIR => 1,
+                       CLEANUP => !$ENV{AOAI_KEEP}),
+    }, $class;
+    chmod 0755, $self->{dir};    # memcached drops to nobody
+    $self->start;
+    return $self;
+}
+
+sub port { $_[0]{port} }
+sub dir  { $_[0]{dir} }
+sub log_text {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{dir}/log" or return '';
+    local $/;
+    return <$fh>;
+}
+
+# Starts the server again, on the same port; returns once it answers.
+sub start {
+    my ($self) = @_;
+    return $self if $self->{pid};
+    my @command = $self->command;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        # Never return into the test's code: no END blocks, no DESTROY of
+        # the parent's servers in this copy of the process.
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$self->{dir}/log";
+        open STDERR, '>&', \*STDOUT;
+        { no warnings 'exec'; exec { $command[0] } @command; }
+        POSIX::_exit(127);
+    }
+    $self->{pid} = $pid;
+    my $deadline = time + 10;
+    until ($self->ready) {
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid || time > $deadline) {
+            delete $self->{pid};
+            kill 'KILL', $pid;
+            waitpid $pid, 0;
+            die "$self->{name} did not answer on 127.0.0.1:$self->{port} "
+                . "within 10 s:\n" . $self->log_text;
+        }
+        sleep 0.05;
+    }
+    return $self;
+}
+
+# TERM by PID, bounded wait, then KILL; idempotent.
+sub stop {
+    my ($self) = @_;
+    my $pid = delete $self->{pid} or return;
+    kill 'TERM', $pid;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        return if waitpid($pid, POSIX::WNOHANG()) != 0;
+        sleep 0.02;
+    }
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
+}
+
+# Only the process that started the server stops it (not a forked child).
+sub DESTROY {
+    my ($self) = @_;
+    local ($?, $@, $!);
+    $self->stop if ($self->{owner} // 0) == $$;
+}
+
+sub connect_to {
+    my ($self) = @_;
+    return IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                 PeerPort => $self->{port}, Timeout => 2);
+}
+
+# Sends $request on a fresh connection and reads until $until matches what
+# came back, for 5 s at most; undef when nothing could be sent.
+sub talk {
+    my ($self, $request, $until) = @_;
+    my $sock = $self->connect_to or return undef;
+    syswrite $sock, $request;
+    my ($answer, $select, $deadline) = ('', IO::Select->new($sock), time + 5);
+    while ($answer !~ $until && time < $deadline) {
+        last unless $select->can_read($deadline - time);
+        my $n = sysread $sock, my $buf, 65536;
+        last unless $n;
+        $answer .= $buf;
+    }
+    close $sock;
+    return $answer;
+}
+
+# Runs a command and returns its stdout chomped (stderr dropped).
+sub capture {
+    my (@command) = @_;
+    my $pid = open(my $fh, '-|') // die "fork: $!";
+    if (!$pid) {
+        open STDERR, '>', '/dev/null';
+        { no warnings 'exec'; exec { $command[0] } @command; }
+        POSIX::_exit(127);
+    }
+    my $out = do { local $/; <$fh> };
+    close $fh;
+    $out = '' unless defined $out;
+    chomp $out;
+    return $out;
+}
+
+# ---------------------------------------------------------------------
+package AOAITest::Redis;
+our @ISA = ('AOAITest::CacheServer');
+
+sub command {
+    my ($self) = @_;
+    return ('redis-server', '--port', $self->{port}, '--bind', '127.0.0.1',
+            '--save', '', '--appendonly', 'no', '--daemonize', 'no',
+            '--dir', $self->{dir});
+}
+
+sub spec { 'redis:127.0.0.1:' . $_[0]{port} }
+
+sub cli {
+    my ($self, @args) = @_;
+    return AOAITest::CacheServer::capture(
+        'redis-cli', '-h', '127.0.0.1', '-p', $self->{port}, @args);
+}
+
+sub ready { $_[0]->cli('PING') eq 'PONG' }
+
+# ---------------------------------------------------------------------
+package AOAITest::Memcached;
+our @ISA = ('AOAITest::CacheServer');
+
+sub command {
+    my ($self) = @_;
+    return ('memcached', '-l', '127.0.0.1', '-p', $self->{port}, '-U', '0',
+            '-m', '16', ($> == 0 ? ('-u', 'nobody') : ()));
+}
+
+sub spec { 'memcache:127.0.0.1:' . $_[0]{port} }
+
+sub ready { ($_[0]->talk("version\r\n", qr/\r\n/) // '') =~ /^VERSION / }
+
+# The item's value, or undef when there is none.
+sub get {
+    my ($self, $key) = @_;
+    my $answer = $self->talk("get $key\r\n", qr/^(?:END|ERROR|CLIENT_ERROR|SERVER_ERROR)[^\r]*\r\n\z/m)
+        // return undef;
+    return undef unless $answer =~ /^VALUE \S+ \d+ (\d+)\r\n/;
+    return substr($answer, $+[0], $1);
+}
+
+# Stores $value for $ttl seconds (default 60); true when STORED.
+sub set {
+    my ($self, $key, $value, $ttl) = @_;
+    my $answer = $self->talk(sprintf("set %s 0 %d %d\r\n%s\r\n", $key,
+                                     $ttl || 60, length $value, $value),
+                             qr/\r\n/) // '';
+    return $answer =~ /^STORED\r\n/;
+}
+
+# Seconds the item has left (-1: it never expires), undef when there is
+# none: memcached's meta get with the t flag.
+sub ttl {
+    my ($self, $key) = @_;
+    my $answer = $self->talk("mg $key t\r\n", qr/\r\n/) // return undef;
+    return $answer =~ /^HD t(-?\d+)/ ? $1 : undef;
+}
+
+# ---------------------------------------------------------------------
+package AOAITest::Blackhole;
+our @ISA = ('AOAITest::CacheServer');
+
+# The listening socket is made here, before the fork, so that it accepts
+# as soon as start returns; the child reads and discards whatever comes
+# and never writes.  It gives up by itself after 10 minutes, in case the
+# test that started it died without stopping it.
+sub start {
+    my ($self) = @_;
+    return $self if $self->{pid};
+    my $listener = IO::Socket::INET->new(
+        LocalAddr => '127.0.0.1', LocalPort => $self->{port}, Listen => 128,
+        ReuseAddr => 1) or die "blackhole on 127.0.0.1:$self->{port}: $!";
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        # Holds nothing of the test's: an orphan would not keep prove's
+        # pipe open.
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>', '/dev/null';
+        my $select = IO::Select->new($listener);
+        my $end = time + 600;
+        while (time < $end) {
+            for my $handle ($select->can_read(1)) {
+                if ($handle == $listener) {
+                    my $client = $listener->accept;
+                    $select->add($client) if $client;
+                }
+                elsif (!sysread($handle, my $buf, 65536)) {
+                    $select->remove($handle);
+                    close $handle;
+                }
+            }
+        }
+        POSIX::_exit(0);
+    }
+    close $listener;
+    $self->{pid} = $pid;
+    return $self;
+}
+
+sub spec_redis { 'redis:127.0.0.1:' . $_[0]{port} }
+sub spec       { $_[0]->spec_redis }
+
+# ---------------------------------------------------------------------
+package AOAITest;
+
+sub start_redis     { AOAITest::Redis->new_server('redis') }
+sub start_memcached { AOAITest::Memcached->new_server('memcached') }
+sub start_blackhole { AOAITest::Blackhole->new_server('blackhole') }
 
 1;
