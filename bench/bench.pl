@@ -46,6 +46,7 @@ my $mock = start_mock(name => 'bench-mock', members => [
     { name => 'fb_slow' }, { name => 'fb_fast' },
     { name => 'shared_primary', quota => '20 10000' }, { name => 'shared_secondary' },
     { name => 'own_primary', quota => '20 10000' }, { name => 'own_secondary' },
+    { name => 'fast_primary', quota => '20 10000' }, { name => 'fast_secondary' },
 ]);
 my %url = map { $_ => $mock->member_url($_) } keys %{ $mock->{member_port} };
 
@@ -415,7 +416,7 @@ print STDERR "8. two gateways, shared cache\n";
 my $redis = start_redis();
 sub gateway_pair {
     my ($tag, $cache, $primary, $secondary) = @_;
-    my $conf = ($cache ? "AOAISharedCache " . $redis->spec . "\n" : '')
+    my $conf = ($cache ? "AOAISharedCache " . $redis->spec . "\nAOAISharedCacheSync $cache\n" : '')
         . balancer('aoai', 'aoai', [pA => 0], [pB => 0])
         . balancer('scen', 'aoai', [$primary => 0], [$secondary => 1])
         # headroom routing would steer both gateways away before any 429:
@@ -428,11 +429,13 @@ sub gateway_pair {
                       extra_modules => AOAITest::load_modules('socache_redis'))
     } 1, 2;
 }
-my @shared_pair = gateway_pair('shared', 1, 'shared_primary', 'shared_secondary');
+my @shared_pair = gateway_pair('shared', '250ms', 'shared_primary', 'shared_secondary');
+my @fast_pair = gateway_pair('fast', '100ms', 'fast_primary', 'fast_secondary');
 my @own_pair = gateway_pair('own', 0, 'own_primary', 'own_secondary');
 my $ss = scenario([ map { $_->url . '/scen' } @shared_pair ], 'shared_primary', 'shared_secondary');
+my $sf = scenario([ map { $_->url . '/scen' } @fast_pair ], 'fast_primary', 'fast_secondary');
 my $so = scenario([ map { $_->url . '/scen' } @own_pair ], 'own_primary', 'own_secondary');
-for my $case ([ 'one Redis', $ss ], [ 'no cache', $so ]) {
+for my $case ([ 'one Redis', $ss ], [ 'one Redis, sync 100ms', $sf ], [ 'no cache', $so ]) {
     my ($name, $r) = @$case;
     row("8. Two gateways ($name)",
         sprintf('%d calls from 4 clients, 2 per gateway, in %.0f s; primary quota 20 per 10 s (%d windows); headroom routing off',
@@ -448,7 +451,7 @@ row('8. Shared cache overhead',
     sprintf('sync on (Redis, every 250 ms): %s; sync off: %s', fmt($sync->{sync_on}), fmt($sync->{sync_off})),
     sprintf('on/off throughput **%.3f** (target: no measurable difference; the request path is unchanged)',
             $sync->{sync_on}{rps} / $sync->{sync_off}{rps}));
-$_->stop for @shared_pair, @own_pair;
+$_->stop for @shared_pair, @fast_pair, @own_pair;
 $redis->stop;
 
 my $errors = join ', ', map { "$_: $o->{$_}{errors}" } sort keys %$o;
