@@ -4,7 +4,9 @@
 # throttling easy to see), farm0 at priority 1.  Every call shows which
 # farm served it: farm1 first, farm0 while farm1 is throttled, farm1 again
 # when its window ends.  Callers present a subscription key; each farm is
-# called with its own key.
+# called with its own key.  Headroom routing is on (the default): farm1's
+# x-ratelimit-remaining-requests sends calls to farm0 before farm1 has to
+# answer 429; DEMO_HEADROOM=off shows the 429-and-failover path instead.
 use strict;
 use warnings;
 use FindBin;
@@ -34,6 +36,8 @@ my $mock = start_mock(name => 'demo-farms', members => [
     { name => 'farm0', quota => '20 6000', api_key => 'farm0-azure-key' },
 ]);
 my %url = map { $_ => $mock->member_url($_) } qw(farm0 farm1);
+my $headroom = ($ENV{DEMO_HEADROOM} // '') eq 'off'
+    ? "    AOAIHeadroomFloor requests off\n    AOAIHeadroomFloor tokens off\n" : '';
 my $conf = <<"EOF2";
 <Proxy balancer://aoai>
     BalancerMember $url{farm0} lbset=1 route=farm0
@@ -41,7 +45,7 @@ my $conf = <<"EOF2";
     ProxySet lbmethod=aoai
     AOAIMemberCredential farm0 api-key file:$secrets/farm0.key
     AOAIMemberCredential farm1 api-key file:$secrets/farm1.key
-</Proxy>
+$headroom</Proxy>
 <Location /openai-load-balancing>
     AOAISubscriptionKeyFile $secrets/keys
 </Location>
@@ -70,6 +74,7 @@ for my $call (1 .. $calls) {
 my @log = access_log_records($gw, $calls);
 my $failovers = grep { $_->{attempts} > 1 } @log;
 my $skipped = grep { $_->{skipped} > 0 } @log;
+my $steered = grep { $_->{backend} eq 'farm0' && $_->{attempts} == 1 && !$_->{skipped} } @log;
 print "\nsummary:\n";
 printf "  calls served: farm1 %d, farm0 %d; the client saw %d x 200, %d x 429, %d x 5xx\n",
     $served{farm1} || 0, $served{farm0} || 0, $status{200} || 0, $status{429} || 0,
@@ -81,6 +86,8 @@ for my $farm (qw(farm1 farm0)) {
 }
 printf "  %d calls failed over to farm0 in the same request after farm1's 429; "
      . "%d went straight to farm0 because farm1 was inside its window\n", $failovers, $skipped;
+printf "  %d went to farm0 because farm1 had said it had no requests left (headroom routing, no 429 needed)\n",
+    $steered;
 print "  every farm was called with its own key; the demo key never left the gateway\n"
     if $mock->stats('farm1')->{last_api_key} eq 'valid';
 
