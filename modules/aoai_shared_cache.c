@@ -216,6 +216,29 @@ static void count(aoai_cache_counter counter)
     apr_atomic_inc64(&cache.shared->counters[counter]);
 }
 
+/* A time under a key, as the decimal epoch milliseconds every reader
+ * expects. */
+static apr_status_t store_time(const unsigned char *id, apr_time_t when,
+                               apr_time_t expiry, apr_pool_t *pool)
+{
+    char value[AOAI_CACHE_VALUE_MAX + 2];
+    int length = apr_snprintf(value, sizeof(value), "%" APR_INT64_T_FMT,
+                              apr_time_as_msec(when));
+
+    return cache.provider->store(cache.instance, cache.provider_server,
+                                 id, AOAI_CACHE_ID_LENGTH, expiry,
+                                 (unsigned char *)value,
+                                 (unsigned int)length, pool);
+}
+
+/* Providers keep whole seconds and refuse an expiry under one; the value
+ * itself says exactly when the window ends. */
+static apr_status_t store_window(const unsigned char *id, apr_time_t until,
+                                 apr_pool_t *pool)
+{
+    return store_time(id, until, until + apr_time_from_sec(2), pool);
+}
+
 /* The provider logs every failed call itself, at error level: with the
  * cache down that is a line per member per sync.  It is handed a copy of
  * the main server that logs only emergencies, and the module logs one
@@ -305,25 +328,19 @@ static void note_garbage(const aoai_sync_member *member, const char *value,
 /* ------------------------------------------------------------------ */
 /* Sync: the watchdog singleton                                          */
 
-static apr_status_t store_window(const aoai_publish_job *job,
-                                 apr_pool_t *pool);
-
 static apr_status_t republish(aoai_sync_member *member, apr_time_t now,
                               apr_pool_t *pool)
 {
     volatile apr_uint64_t *unpublished = aoai_member_unpublished(member->slot);
     apr_uint64_t until = apr_atomic_read64(unpublished);
-    aoai_publish_job job;
     apr_status_t rv;
 
     if (!until) {
         return APR_SUCCESS;
     }
     if ((apr_time_t)until > now) {
-        memcpy(job.id, member->id, sizeof(job.id));
-        job.until = (apr_time_t)until;
-        job.slot = member->slot;
-        if ((rv = store_window(&job, pool)) != APR_SUCCESS) {
+        if ((rv = store_window(member->id, (apr_time_t)until, pool))
+            != APR_SUCCESS) {
             return rv;
         }
         count(AOAI_CACHE_PUBLISHED);
@@ -393,15 +410,8 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
  * never answers that: the sync starts with one, of this key. */
 static apr_status_t store_heartbeat(apr_time_t now, apr_pool_t *pool)
 {
-    char value[AOAI_CACHE_VALUE_MAX + 2];
-    int length = apr_snprintf(value, sizeof(value), "%" APR_INT64_T_FMT,
-                              apr_time_as_msec(now));
-
-    return cache.provider->store(cache.instance, cache.provider_server,
-                                 cache.heartbeat_id, AOAI_CACHE_ID_LENGTH,
-                                 now + apr_time_from_sec(10),
-                                 (unsigned char *)value,
-                                 (unsigned int)length, pool);
+    return store_time(cache.heartbeat_id, now, now + apr_time_from_sec(10),
+                      pool);
 }
 
 static apr_status_t sync_tick(int state, void *baton, apr_pool_t *pool)
@@ -434,21 +444,6 @@ static apr_status_t sync_tick(int state, void *baton, apr_pool_t *pool)
 
 /* ------------------------------------------------------------------ */
 /* Publish: one thread per child                                        */
-
-static apr_status_t store_window(const aoai_publish_job *job, apr_pool_t *pool)
-{
-    char value[AOAI_CACHE_VALUE_MAX + 2];
-    int length = apr_snprintf(value, sizeof(value), "%" APR_INT64_T_FMT,
-                              apr_time_as_msec(job->until));
-
-    /* Providers keep whole seconds and refuse an expiry under one; the
-     * value itself says exactly when the window ends. */
-    return cache.provider->store(cache.instance, cache.provider_server,
-                                 job->id, AOAI_CACHE_ID_LENGTH,
-                                 job->until + apr_time_from_sec(2),
-                                 (unsigned char *)value,
-                                 (unsigned int)length, pool);
-}
 
 /* A window the cache did not take is left in the member's slot; the sync
  * stores it once the cache answers again.  Each child's provider holds a
@@ -494,7 +489,8 @@ static void *APR_THREAD_FUNC publish_loop(apr_thread_t *thread, void *baton)
         apr_thread_mutex_unlock(pub->lock);
 
         for (i = 0; i < jobs; i++) {
-            apr_status_t rv = store_window(&batch[i], pool);
+            apr_status_t rv = store_window(batch[i].id, batch[i].until,
+                                           pool);
             if (rv == APR_SUCCESS) {
                 count(AOAI_CACHE_PUBLISHED);
             }
