@@ -9,7 +9,11 @@
  * name there; a member that declares none serves every deployment under
  * the name the client used, as before.  A call for a deployment is only
  * offered to members that serve it, and the path each member is sent has
- * the member's name for it.  A call for a deployment no member serves gets
+ * the member's name for it, exactly as declared.  Names and the
+ * "deployments" segment are matched without regard to case: a client's
+ * GPT-4o is the gpt-4o a member declared, and that member is sent
+ * "gpt-4o", so no member is ever sent a name it did not declare, however
+ * the service compares them.  A call for a deployment no member serves gets
  * Azure's 404 from the gateway.
  */
 
@@ -53,7 +57,7 @@ const char *aoai_deployment_parse(cmd_parms *cmd, aoai_dir_conf *conf,
     for (i = 0; i < conf->deployments->nelts; i++) {
         deployment = &APR_ARRAY_IDX(conf->deployments, i, aoai_deployment);
         if (!strcmp(deployment->route, route)
-            && !strcmp(deployment->name, name)) {
+            && !ap_cstr_casecmp(deployment->name, name)) {
             return apr_psprintf(cmd->pool, "AOAIDeployment %s %s: this "
                                 "member already declares that deployment",
                                 route, name);
@@ -66,17 +70,28 @@ const char *aoai_deployment_parse(cmd_parms *cmd, aoai_dir_conf *conf,
     return NULL;
 }
 
-/* The deployment in ".../deployments/NAME/..." of a path, or NULL. */
+/* The deployment in ".../deployments/NAME/..." of a path, or NULL.  The
+ * segment is found in any case, as httpd would pass /openai/Deployments/
+ * on to a member unchanged. */
 static const char *deployment_in(apr_pool_t *pool, const char *path,
                                  const char **start, apr_size_t *length)
 {
-    const char *at = strstr(path, "/deployments/");
+    static const char segment[] = "/deployments/";
+    const char *at = path;
     apr_size_t n;
 
-    if (!at) {
+    for (at = path; *at; at++) {
+        if (*at == '/' && !ap_cstr_casecmpn(at, segment, sizeof(segment) - 1)) {
+            break;
+        }
+        if (*at == '?' || *at == '#') {
+            return NULL;
+        }
+    }
+    if (!*at) {
         return NULL;
     }
-    at += sizeof("/deployments/") - 1;
+    at += sizeof(segment) - 1;
     n = strcspn(at, "/?#");
     if (!n) {
         return NULL;
@@ -120,7 +135,7 @@ int aoai_deployment_route(request_rec *r, aoai_request_state *state,
                 continue;
             }
             at_member = NULL;
-            if (!strcmp(d->name, state->deployment)) {
+            if (!ap_cstr_casecmp(d->name, state->deployment)) {
                 at_member = d->member_name;
                 break;
             }
@@ -155,8 +170,8 @@ char *aoai_deployment_url(request_rec *r, aoai_request_state *state,
         return url;
     }
     at_member = state->deployment_at_member[worker->s->index];
-    if (!strcmp(at_member, state->deployment)
-        || !deployment_in(r->pool, url, &start, &length)) {
+    if (!deployment_in(r->pool, url, &start, &length)
+        || (length == strlen(at_member) && !memcmp(start, at_member, length))) {
         return url;
     }
     return apr_pstrcat(r->pool, apr_pstrmemdup(r->pool, url, start - url),
