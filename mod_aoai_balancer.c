@@ -648,6 +648,18 @@ static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
         if (!balancer) {
             continue;
         }
+        for (i = 0; conf->credentials && i < conf->credentials->nelts; i++) {
+            const aoai_member_credential *cred = &APR_ARRAY_IDX(
+                conf->credentials, i, aoai_member_credential);
+            const char *err = aoai_credential_file_check(ptemp, cred);
+            if (err) {
+                ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                             APLOGNO(10906) "AOAIMemberCredential %s bearer "
+                             "file:%s in %s: %s", cred->route, cred->path,
+                             balancer->s->name, err);
+                return !OK;
+            }
+        }
         workers = (proxy_worker **)balancer->workers->elts;
         for (i = 0; i < route_count(conf); i++) {
             const char *directive;
@@ -714,6 +726,54 @@ static int aoai_check_config(apr_pool_t *pconf, apr_pool_t *plog,
            ? OK : !OK;
 }
 
+/* A <VirtualHost> whose ProxyPass names a balancer that the main server
+ * defines gets, from mod_proxy's merge, a copy of it: the same members,
+ * but a shared record of its own whose lbmethod name is the default,
+ * "byrequests", from which mod_proxy_balancer sets the method when it
+ * shares the balancer.  Left alone, that virtual host would balance the
+ * main server's aoai members with byrequests: no windows, no failover,
+ * 429s to the client.  So, before mod_proxy_balancer runs, such a copy is
+ * given the main server's method name back.  A virtual host that chose another
+ * method by name keeps it. */
+static int adopt_vhost_balancers(apr_pool_t *pconf, apr_pool_t *plog,
+                                 apr_pool_t *ptemp, server_rec *s)
+{
+    proxy_server_conf *main_conf = ap_get_module_config(s->module_config,
+                                                        &proxy_module);
+    server_rec *vhost;
+
+    (void)pconf;
+    (void)plog;
+    for (vhost = s->next; vhost; vhost = vhost->next) {
+        proxy_server_conf *conf = ap_get_module_config(vhost->module_config,
+                                                       &proxy_module);
+        proxy_balancer *copy = (proxy_balancer *)conf->balancers->elts;
+        int i;
+
+        for (i = 0; conf != main_conf && i < conf->balancers->nelts;
+             i++, copy++) {
+            proxy_balancer *original = ap_proxy_get_balancer(
+                ptemp, main_conf, copy->s->name, 0);
+
+            if (!original || original->lbmethod != &aoai_lbmethod
+                || copy->lbmethod == &aoai_lbmethod
+                || strcmp(copy->s->lbpname, "byrequests")) {
+                continue;
+            }
+            apr_cpystrn(copy->s->lbpname, AOAI_LBMETHOD_NAME,
+                        sizeof(copy->s->lbpname));
+            ap_log_error(APLOG_MARK, APLOG_INFO, 0, vhost, APLOGNO(10907)
+                         "%s, used in virtual host %s:%u, balances with "
+                         "lbmethod=" AOAI_LBMETHOD_NAME " as the main "
+                         "server defines it", copy->s->name,
+                         vhost->server_hostname ? vhost->server_hostname
+                                                : "*",
+                         vhost->port);
+        }
+    }
+    return OK;
+}
+
 static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                             apr_pool_t *ptemp, server_rec *s)
 {
@@ -738,7 +798,7 @@ static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
 static void register_hooks(apr_pool_t *p)
 {
-    static const char *const after_balancer[] = { "mod_proxy_balancer.c",
+    static const char *const proxy_balancer[] = { "mod_proxy_balancer.c",
                                                   NULL };
     /* mod_watchdog starts the tasks registered before its post_config. */
     static const char *const before_watchdog[] = { "mod_watchdog.c", NULL };
@@ -746,7 +806,10 @@ static void register_hooks(apr_pool_t *p)
     ap_register_provider(p, PROXY_LBMETHOD, AOAI_LBMETHOD_NAME, "0",
                          &aoai_lbmethod);
     ap_hook_check_config(aoai_check_config, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_hook_post_config(aoai_post_config, after_balancer, before_watchdog,
+    /* Before mod_proxy_balancer sets each balancer's method, after: */
+    ap_hook_post_config(adopt_vhost_balancers, NULL, proxy_balancer,
+                        APR_HOOK_MIDDLE);
+    ap_hook_post_config(aoai_post_config, proxy_balancer, before_watchdog,
                         APR_HOOK_MIDDLE);
     aoai_failover_register_hooks(p);
     aoai_status_register_hooks(p);

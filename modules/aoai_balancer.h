@@ -30,9 +30,9 @@
  *   aoai_shared_cache.c      throttle windows shared between gateways
  *                            through a socache provider (redis, memcache):
  *                            published on a 429, read by a mod_watchdog task.
- *   aoai_status.c            what the balancer is doing, shown: the mark on
- *                            the balancer-manager page, a server-status
- *                            section, the aoai-balancer-status JSON handler.
+ *   aoai_status.c            what the balancer is doing, shown: a
+ *                            server-status section, the
+ *                            aoai-balancer-status JSON handler.
  *   mod_aoai_balancer.c      directives, per-directory configuration, hooks.
  */
 
@@ -151,6 +151,7 @@ typedef struct {
     const struct ap_socache_provider_t *cache_provider; /* NULL: not shared */
     struct ap_socache_instance_t *cache_instance;
     const char *cache_provider_name;
+    const char *cache_argument;           /* what follows "provider:" */
     apr_interval_time_t cache_sync;       /* AOAISharedCacheSync */
     apr_interval_time_t cache_timeout;    /* AOAISharedCacheTimeout */
     unsigned int table_slots_set:1;
@@ -257,7 +258,11 @@ typedef struct {
     const aoai_dir_conf *conf;
     const char *key_label; /* the subscriber, when keys are checked */
     apr_interval_time_t first_byte_timeout; /* for this call; 0: none */
+    apr_interval_time_t handshake_timeout;  /* connect-to-request-sent
+                                             * bound, any call; 0: none */
     int awaiting_first_byte; /* the attempt's member has sent nothing yet */
+    int answered;            /* a byte of the member's answer came */
+    int sent;                /* the attempt's request reached the member */
     aoai_usage_scan *usage; /* the served answer's usage, when readable */
     apr_int64_t token_estimate; /* prompt from the body, plus max_tokens */
     int headroom_passed_over;   /* members passed over for low headroom */
@@ -308,7 +313,10 @@ const char *aoai_member_credential_parse(cmd_parms *cmd,
                                          const char *source);
 apr_status_t aoai_apply_member_credential(request_rec *r,
                                           const aoai_dir_conf *conf,
-                                          proxy_worker *worker);
+                                          proxy_worker *worker,
+                                          const char **file);
+const char *aoai_credential_file_check(apr_pool_t *pool,
+                                       const aoai_member_credential *cred);
 
 /* aoai_usage.c */
 int aoai_usage_from_json(const char *json, apr_size_t length,
@@ -322,8 +330,6 @@ int aoai_usage_scan_finish(aoai_usage_scan *scan);
 
 /* aoai_status.c */
 void aoai_status_register_hooks(apr_pool_t *p);
-void aoai_member_mark(proxy_worker *worker, aoai_member_slot *slot,
-                      apr_time_t now);
 
 /* aoai_headroom.c */
 void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
@@ -390,11 +396,16 @@ typedef void (aoai_key_stats_fn)(const char *label,
                                  const aoai_member_stats *stats, void *baton);
 void aoai_key_stats_each(const aoai_member_slot *member,
                          aoai_key_stats_fn *fn, void *baton);
-apr_uint64_t aoai_mark_get(const aoai_member_slot *slot);
-void aoai_mark_set(aoai_member_slot *slot, apr_time_t error_time);
 int aoai_throttle_note_garbage(aoai_member_slot *slot, int garbage);
 int aoai_member_is_throttled(proxy_balancer *balancer, proxy_worker *worker,
                              apr_time_t now);
+/* Things logged at most once per interval for a member, across children. */
+typedef enum {
+    AOAI_ONCE_CREDENTIAL,
+    AOAI_ONCE_KINDS
+} aoai_once;
+int aoai_member_once_per(aoai_member_slot *slot, aoai_once what,
+                         apr_time_t now, apr_interval_time_t interval);
 aoai_headroom_shared *aoai_member_headroom(aoai_member_slot *slot);
 volatile apr_uint64_t *aoai_member_unpublished(aoai_member_slot *slot);
 aoai_quota_shared *aoai_key_quota_shared(const char *label);
@@ -409,6 +420,7 @@ apr_status_t aoai_for_each_balancer(server_rec *s, aoai_balancer_fn *fn,
 int aoai_lbmethod_post_config(server_rec *s);
 int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
                              apr_time_t now);
+int aoai_any_candidate(aoai_request_state *state, apr_time_t now);
 
 /* aoai_failover.c */
 void aoai_failover_register_hooks(apr_pool_t *p);

@@ -50,10 +50,12 @@ APLOG_USE_MODULE(aoai_balancer);
 #define KEPT_BODY_FILTER  "AOAI_KEPT_BODY"
 #define FAILOVER_FILTER   "AOAI_FAILOVER"
 #define FIRST_BYTE_FILTER "AOAI_FIRST_BYTE"
+#define MEMBER_OUT_FILTER "AOAI_MEMBER_OUT"
 
 static ap_filter_rec_t *kept_body_filter_handle;
 static ap_filter_rec_t *failover_filter_handle;
 static ap_filter_rec_t *first_byte_filter_handle;
+static ap_filter_rec_t *member_out_filter_handle;
 
 /* The attempt this thread is running, for the first-byte filter on the
  * member's connection: mod_proxy gives a backend connection no way back
@@ -317,18 +319,23 @@ static apr_status_t first_byte_filter(ap_filter_t *f, apr_bucket_brigade *bb,
     apr_socket_t *sock;
     apr_status_t rv;
 
-    if (!state || !state->awaiting_first_byte || block != APR_BLOCK_READ
+    if (!state || !state->in_attempt || state->answered) {
+        return ap_get_brigade(f->next, bb, mode, block, readbytes);
+    }
+    if (!state->awaiting_first_byte || block != APR_BLOCK_READ
         || !(sock = ap_get_conn_socket(f->c))
         || apr_socket_timeout_get(sock, &member_timeout) != APR_SUCCESS
         || (member_timeout >= 0
             && member_timeout <= state->first_byte_timeout)) {
-        return ap_get_brigade(f->next, bb, mode, block, readbytes);
+        rv = ap_get_brigade(f->next, bb, mode, block, readbytes);
+        state->answered = (rv == APR_SUCCESS && !APR_BRIGADE_EMPTY(bb));
+        return rv;
     }
     apr_socket_timeout_set(sock, state->first_byte_timeout);
     rv = ap_get_brigade(f->next, bb, mode, block, readbytes);
     apr_socket_timeout_set(sock, member_timeout);
     if (rv == APR_SUCCESS && !APR_BRIGADE_EMPTY(bb)) {
-        state->awaiting_first_byte = 0;
+        state->answered = 1;
     }
     else if (APR_STATUS_IS_TIMEUP(rv)) {
         ap_log_cerror(APLOG_MARK, APLOG_INFO, rv, f->c, APLOGNO(10934)
@@ -340,13 +347,67 @@ static apr_status_t first_byte_filter(ap_filter_t *f, apr_bucket_brigade *bb,
     return rv;
 }
 
-/* Every connection mod_proxy opens to a member gets the filter; it stays
- * out of the way unless an aoai attempt is waiting on it. */
-static int add_first_byte_filter(conn_rec *c, void *csd)
+static int has_data(apr_bucket_brigade *bb)
+{
+    apr_bucket *b;
+    for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb);
+         b = APR_BUCKET_NEXT(b)) {
+        if (!APR_BUCKET_IS_METADATA(b) && b->length != 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The request on its way to the member.  Its first write is also where
+ * mod_ssl runs the TLS handshake, under the socket's timeout: a member
+ * that accepts TCP and never finishes the handshake would hold the call
+ * for the member's whole timeout (minutes) before the loop could try the
+ * next one.  So until the member answers, writes run under the first-byte
+ * timeout, streamed call or not (a handshake takes milliseconds whatever
+ * the call).  And a request whose bytes went out is one the member
+ * received: only that is counted on it. */
+static apr_status_t member_out_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+{
+    aoai_request_state *state = attempt_in_this_thread;
+    apr_interval_time_t member_timeout = -1;
+    apr_socket_t *sock = NULL;
+    apr_status_t rv;
+    int data;
+
+    if (!state || !state->in_attempt) {
+        return ap_pass_brigade(f->next, bb);
+    }
+    data = has_data(bb);
+    if (state->handshake_timeout > 0 && !state->answered
+        && (sock = ap_get_conn_socket(f->c))
+        && apr_socket_timeout_get(sock, &member_timeout) == APR_SUCCESS
+        && (member_timeout < 0 || member_timeout > state->handshake_timeout)) {
+        apr_socket_timeout_set(sock, state->handshake_timeout);
+    }
+    else {
+        sock = NULL;
+    }
+    rv = ap_pass_brigade(f->next, bb);
+    if (sock) {
+        apr_socket_timeout_set(sock, member_timeout);
+    }
+    if (rv == APR_SUCCESS && data && !state->sent) {
+        state->sent = 1;
+        aoai_member_count(aoai_throttle_slot(state->balancer, state->worker),
+                          AOAI_COUNT_REQUESTS, 1);
+    }
+    return rv;
+}
+
+/* Every connection mod_proxy opens to a member gets the filters; they stay
+ * out of the way unless an aoai attempt is running on it. */
+static int add_member_filters(conn_rec *c, void *csd)
 {
     (void)csd;
     if (c->outgoing) {
         ap_add_input_filter_handle(first_byte_filter_handle, NULL, NULL, c);
+        ap_add_output_filter_handle(member_out_filter_handle, NULL, NULL, c);
     }
     return OK;
 }
@@ -408,7 +469,6 @@ static void record_throttle(request_rec *r, aoai_request_state *state)
     if (r->status == HTTP_TOO_MANY_REQUESTS) {
         aoai_member_note_window(slot, now, window);
     }
-    aoai_member_mark(state->worker, slot, now);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10921)
                   "%s: member %s answered %d; throttled for %" APR_TIME_T_FMT
                   " ms", state->balancer->s->name,
@@ -481,6 +541,17 @@ static void read_usage(request_rec *r, aoai_usage_scan *scan,
     }
 }
 
+/* A failed answer that no other member can improve on goes to the client
+ * as the member gave it: with every member answering 404
+ * DeploymentNotFound (when AOAIFailoverOn lists 404), the client reads
+ * that, not a summary.  A 429 or 5xx is still summed up by the gateway,
+ * whose answer says when the soonest member is back. */
+static int is_last_word(request_rec *r, aoai_request_state *state)
+{
+    return r->status != HTTP_TOO_MANY_REQUESTS && r->status < 500
+           && !aoai_any_candidate(state, apr_time_now());
+}
+
 static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
 {
     request_rec *r = f->r;
@@ -504,7 +575,8 @@ static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
              * client, so the next member can still answer. */
             state->backend_broke = 1;
         }
-        else if (aoai_failover_on_status(state->conf, r->status)) {
+        else if (aoai_failover_on_status(state->conf, r->status)
+                 && !is_last_word(r, state)) {
             state->answered_status = r->status;
             record_throttle(r, state);
         }
@@ -589,22 +661,6 @@ static void post_request_as(request_rec *r, proxy_worker *worker,
     if (r->status == status) {
         r->status = status_now;
     }
-}
-
-/* When this finds no member, it has noted every throttled one as skipped;
- * otherwise the lbmethod notes those it passes over. */
-static int any_candidate(proxy_balancer *balancer, aoai_request_state *state)
-{
-    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
-    apr_time_t now = apr_time_now();
-    int i;
-
-    for (i = 0; i < balancer->workers->nelts; i++) {
-        if (aoai_member_is_candidate(workers[i], state, now)) {
-            return 1;
-        }
-    }
-    return 0;
 }
 
 /* A member whose TLS handshake fails (certificate for another name,
@@ -808,6 +864,35 @@ static int send_over_key_quota(request_rec *r, aoai_request_state *state,
                            APR_INT64_T_FMT " seconds.", wait_s));
 }
 
+/* The member's own credential on the request, or a failed attempt: the
+ * file is named once per retry interval of the member (never the token),
+ * and the attempt counts as a failover from it. */
+static int credential_applied(request_rec *r, aoai_request_state *state,
+                              proxy_worker *worker)
+{
+    aoai_member_slot *slot = aoai_throttle_slot(state->balancer, worker);
+    const char *file = NULL;
+    apr_status_t rv = aoai_apply_member_credential(r, state->conf, worker,
+                                                   &file);
+
+    if (rv == APR_SUCCESS) {
+        return 1;
+    }
+    aoai_member_count(slot, AOAI_COUNT_FAILOVERS, 1);
+    if (aoai_member_once_per(slot, AOAI_ONCE_CREDENTIAL, apr_time_now(),
+                             worker->s->retry > 0 ? worker->s->retry
+                                                  : apr_time_from_sec(60))) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, APLOGNO(10930)
+                      "%s: member %s: its bearer token file %s is "
+                      "unreadable, empty or not a token; the call goes to "
+                      "the next member (logged once per retry interval, "
+                      "%" APR_TIME_T_FMT " s)", state->balancer->s->name,
+                      member_label(worker), file,
+                      apr_time_sec(worker->s->retry));
+    }
+    return 0;
+}
+
 static int aoai_proxy_handler(request_rec *r)
 {
     proxy_server_conf *proxy_conf;
@@ -873,6 +958,7 @@ static int aoai_proxy_handler(request_rec *r)
                       balancer->s->name, why);
         return send_json_error(r, rc, apr_itoa(r->pool, rc), why);
     }
+    state->handshake_timeout = conf->first_byte_timeout;
     if (conf->first_byte_timeout
         && (conf->first_byte_all || is_streamed(kept))) {
         state->first_byte_timeout = conf->first_byte_timeout;
@@ -912,7 +998,7 @@ static int aoai_proxy_handler(request_rec *r)
         char *url = apr_pstrdup(r->pool, uri);
         aoai_outcome outcome;
 
-        if (!any_candidate(balancer, state)) {
+        if (!aoai_any_candidate(state, apr_time_now())) {
             break;
         }
         access_status = ap_proxy_pre_request(&worker, &attempt_balancer, r,
@@ -933,21 +1019,20 @@ static int aoai_proxy_handler(request_rec *r)
 
         APR_ARRAY_PUSH(state->tried, proxy_worker *) = worker;
         state->attempts++;
-        aoai_member_count(aoai_throttle_slot(balancer, worker),
-                          AOAI_COUNT_REQUESTS, 1);
         if ((conf->keys || conf->credentials)
-            && aoai_apply_member_credential(r, conf, worker) != APR_SUCCESS) {
-            /* Without its credential the member would only say 401. */
+            && !credential_applied(r, state, worker)) {
+            /* Without its credential the member would only say 401: a
+             * failed attempt that never reached it. */
             post_request_as(r, worker, attempt_balancer, proxy_conf,
                             HTTP_SERVICE_UNAVAILABLE);
-            aoai_member_count(aoai_throttle_slot(balancer, worker),
-                              AOAI_COUNT_FAILOVERS, 1);
-            last_failure_status = HTTP_SERVICE_UNAVAILABLE;
+            access_status = DECLINED;
             continue;
         }
         state->worker = worker;
         state->answered_status = 0;
         state->backend_broke = 0;
+        state->answered = 0;
+        state->sent = 0;
         state->in_attempt = 1;
         kept->offset = 0;
         if (state->attempts > 1) {
@@ -1053,6 +1138,8 @@ void aoai_failover_register_hooks(apr_pool_t *p)
     first_byte_filter_handle =
         ap_register_input_filter(FIRST_BYTE_FILTER, first_byte_filter, NULL,
                                  AP_FTYPE_CONNECTION);
-    ap_hook_pre_connection(add_first_byte_filter, NULL, NULL,
-                           APR_HOOK_MIDDLE);
+    member_out_filter_handle =
+        ap_register_output_filter(MEMBER_OUT_FILTER, member_out_filter, NULL,
+                                  AP_FTYPE_CONNECTION);
+    ap_hook_pre_connection(add_member_filters, NULL, NULL, APR_HOOK_MIDDLE);
 }

@@ -5,14 +5,16 @@
  *
  * Clients present a subscription key, as API Management's clients do: in
  * the api-key header (or AOAISubscriptionKeyHeader), in
- * Ocp-Apim-Subscription-Key, or in the subscription-key query parameter.
+ * Ocp-Apim-Subscription-Key, or in the subscription-key or api-key query
+ * parameter (Azure OpenAI takes api-key there from browsers).
  * The admin's key file holds only SHA-256 digests with a label per key, so
  * the file is no key ring; the presented key is hashed and compared with
  * every digest in constant time (CRYPTO_memcmp, no early exit).
  *
  * Whatever the client presented is removed before the request goes
- * anywhere: from the headers, from the query string sent to members, and
- * from the request line that the access log prints.  Each member then gets
+ * anywhere, accepted or refused: the key headers and Authorization, and
+ * the key parameters from the query string sent to members and from the
+ * request line and query that the access log prints.  Each member then gets
  * its own credential (AOAIMemberCredential): an api-key read from a file or
  * the environment at start-up, or a bearer token read from a file on every
  * attempt, so a refresher that rewrites the file is picked up at once.
@@ -26,95 +28,129 @@
 #include "apr_file_io.h"
 
 #include "http_log.h"
+#include "unixd.h"
+
+#include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 APLOG_USE_MODULE(aoai_balancer);
 
-#define SUBSCRIPTION_QUERY_PARAM "subscription-key"
 #define MAX_TOKEN_FILE (64 * 1024)
 
-/* The value of one query parameter, or NULL. */
-static const char *query_param(apr_pool_t *pool, const char *args,
-                               const char *name)
+/* Query parameters that carry a caller's key: APIM's subscription-key, and
+ * the api-key that Azure OpenAI accepts from browsers (which cannot set
+ * headers on a WebSocket).  Matched by their decoded name, any case, so
+ * that no spelling of them slips past the scrub. */
+static const char *const key_params[] = { "subscription-key", "api-key" };
+
+/* Whether one "name=value" (or "name") piece of a query names a key
+ * parameter. */
+static int is_key_param(apr_pool_t *pool, const char *piece,
+                        apr_size_t length)
 {
-    apr_size_t name_length = strlen(name);
+    const char *eq = memchr(piece, '=', length);
+    char *name = apr_pstrmemdup(pool, piece, eq ? (apr_size_t)(eq - piece)
+                                                : length);
+    apr_size_t i;
+
+    ap_unescape_urlencoded(name);
+    for (i = 0; i < sizeof(key_params) / sizeof(key_params[0]); i++) {
+        if (!ap_cstr_casecmp(name, key_params[i])) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The value of the first key parameter of a query, or NULL. */
+static const char *query_key(apr_pool_t *pool, const char *args)
+{
     const char *p = args;
 
     while (p && *p) {
-        const char *end = strchr(p, '&');
-        apr_size_t length = end ? (apr_size_t)(end - p) : strlen(p);
-        if (length > name_length && !strncmp(p, name, name_length)
-            && p[name_length] == '=') {
-            char *value = apr_pstrmemdup(pool, p + name_length + 1,
-                                         length - name_length - 1);
+        apr_size_t length = strcspn(p, "&");
+        const char *eq = memchr(p, '=', length);
+
+        if (eq && is_key_param(pool, p, length)) {
+            char *value = apr_pstrmemdup(pool, eq + 1,
+                                         length - (eq + 1 - p));
             ap_unescape_urlencoded(value);
             return value;
         }
-        p = end ? end + 1 : NULL;
+        p = p[length] ? p + length + 1 : NULL;
     }
     return NULL;
 }
 
-/* The same string without the name=value parameter. */
-static char *without_param(apr_pool_t *pool, const char *text,
-                           const char *name)
+/* The same text without any key parameter in its query: a URI, or a
+ * request line whose " HTTP/1.1" follows the query.  NULL when there was
+ * none to take out. */
+static char *without_key_params(apr_pool_t *pool, const char *text)
 {
-    apr_size_t name_length = strlen(name);
     const char *query = strchr(text, '?');
-    const char *p;
+    const char *p, *end;
     char *out, *o;
+    int dropped = 0;
 
     if (!query) {
-        return apr_pstrdup(pool, text);
+        return NULL;
     }
+    end = query + 1 + strcspn(query + 1, " #");
     out = o = apr_palloc(pool, strlen(text) + 1);
     memcpy(o, text, query - text);
     o += query - text;
-    for (p = query + 1; p && *p;) {
-        const char *end = p + strcspn(p, "& ");
-        int drop = (apr_size_t)(end - p) > name_length
-                   && !strncmp(p, name, name_length) && p[name_length] == '=';
-        if (!drop) {
+    for (p = query + 1; p < end;) {
+        apr_size_t length = strcspn(p, "&");
+        if (p + length > end) {
+            length = end - p;
+        }
+        if (is_key_param(pool, p, length)) {
+            dropped = 1;
+        }
+        else if (length) {
             int first = (o == out + (query - text));
             *o++ = first ? '?' : '&';
-            memcpy(o, p, end - p);
-            o += end - p;
+            memcpy(o, p, length);
+            o += length;
         }
-        if (*end == '&') {
-            p = end + 1;
-        }
-        else {
-            strcpy(o, end);    /* " HTTP/1.1" of a request line, or "" */
-            return out;
-        }
+        p += length + 1;
     }
-    *o = '\0';
-    return out;
+    strcpy(o, end);
+    return dropped ? out : NULL;
 }
 
-/* Takes every form of subscription key out of the request: nothing the
- * client presented reaches a member or the access log. */
+/* Takes every form of caller credential out of the request: no key or
+ * token the client presented reaches a member, the access log (%r, %q,
+ * %U%q) or an error log line. */
 void aoai_scrub_client_key(request_rec *r, const aoai_dir_conf *conf,
                            const char **member_uri)
 {
+    char *scrubbed;
+
     apr_table_unset(r->headers_in, "api-key");
     apr_table_unset(r->headers_in, "Ocp-Apim-Subscription-Key");
+    apr_table_unset(r->headers_in, "Authorization");
     if (conf->key_header) {
         apr_table_unset(r->headers_in, conf->key_header);
     }
-    if (r->args && query_param(r->pool, r->args, SUBSCRIPTION_QUERY_PARAM)) {
-        *member_uri = without_param(r->pool, *member_uri,
-                                    SUBSCRIPTION_QUERY_PARAM);
-        r->the_request = without_param(r->pool, r->the_request,
-                                       SUBSCRIPTION_QUERY_PARAM);
-        r->unparsed_uri = without_param(r->pool, r->unparsed_uri,
-                                        SUBSCRIPTION_QUERY_PARAM);
+    if (!r->args) {
+        return;
+    }
+    if ((scrubbed = without_key_params(r->pool, *member_uri))) {
+        *member_uri = scrubbed;
+    }
+    if ((scrubbed = without_key_params(r->pool, r->the_request))) {
+        r->the_request = scrubbed;
+    }
+    if ((scrubbed = without_key_params(r->pool, r->unparsed_uri))) {
+        r->unparsed_uri = scrubbed;
         r->args = strchr(r->unparsed_uri, '?');
-        if (r->args) {
-            r->args++;
-        }
+        r->args = r->args ? r->args + 1 : NULL;
+        r->parsed_uri.query = r->args;
     }
 }
 
@@ -138,7 +174,7 @@ int aoai_check_subscription_key(request_rec *r, const aoai_dir_conf *conf,
         presented = apr_table_get(r->headers_in, "Ocp-Apim-Subscription-Key");
     }
     if (!presented && r->args) {
-        presented = query_param(r->pool, r->args, SUBSCRIPTION_QUERY_PARAM);
+        presented = query_key(r->pool, r->args);
     }
     if (!presented || !*presented) {
         *why = "Access denied due to missing subscription key. Make sure to "
@@ -285,6 +321,92 @@ const char *aoai_member_credential_parse(cmd_parms *cmd,
     return NULL;
 }
 
+/* Whether the children's user may do what the bits in "want" (a read or a
+ * search) allow on this path, by its owner, group and mode.  The children
+ * run as User and Group when httpd starts as root, else as whoever runs
+ * it.  (ACLs are not read: a file they open would pass here and then
+ * work; one they close shows at the first call, logged.) */
+static int children_may(const struct stat *st, mode_t owner_bit,
+                        mode_t group_bit, mode_t other_bit)
+{
+    uid_t uid = geteuid() == 0 ? ap_unixd_config.user_id : geteuid();
+    gid_t gid = geteuid() == 0 ? ap_unixd_config.group_id : getegid();
+    const char *user = ap_unixd_config.user_name;
+
+    if (uid == 0) {
+        return 1;
+    }
+    if (st->st_uid == uid) {
+        return (st->st_mode & owner_bit) != 0;
+    }
+    if (st->st_gid == gid) {
+        return (st->st_mode & group_bit) != 0;
+    }
+    if (user && *user != '#') {
+        gid_t groups[64];
+        int count = 64, i;
+        if (getgrouplist(user, gid, groups, &count) >= 0) {
+            for (i = 0; i < count; i++) {
+                if (groups[i] == st->st_gid) {
+                    return (st->st_mode & group_bit) != 0;
+                }
+            }
+        }
+    }
+    return (st->st_mode & other_bit) != 0;
+}
+
+static const char *who_runs_children(apr_pool_t *pool)
+{
+    if (geteuid() != 0) {
+        return apr_psprintf(pool, "uid %ld", (long)geteuid());
+    }
+    return apr_psprintf(pool, "User %s", ap_unixd_config.user_name
+                                         ? ap_unixd_config.user_name : "?");
+}
+
+/* A bearer token file is read by the children on every attempt, long after
+ * start-up: `apachectl -t` says now if they could not read it.  NULL when
+ * the file is there, not empty, and readable by the children's user
+ * through every directory above it. */
+const char *aoai_credential_file_check(apr_pool_t *pool,
+                                       const aoai_member_credential *cred)
+{
+    struct stat st;
+    char *dir = apr_pstrdup(pool, cred->path);
+    char *slash;
+
+    if (!cred->bearer) {
+        return NULL;    /* read by the parent, at start-up, already */
+    }
+    if (stat(cred->path, &st) != 0) {
+        return apr_psprintf(pool, "%s is missing", cred->path);
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size == 0) {
+        return apr_psprintf(pool, "%s is %s", cred->path,
+                            S_ISREG(st.st_mode) ? "empty" : "not a file");
+    }
+    if (!children_may(&st, S_IRUSR, S_IRGRP, S_IROTH)) {
+        return apr_psprintf(pool, "%s is not readable by %s, as whom the "
+                            "children read it on every call (owner uid "
+                            "%ld, group gid %ld, mode %04o)", cred->path,
+                            who_runs_children(pool), (long)st.st_uid,
+                            (long)st.st_gid, (unsigned)(st.st_mode & 07777));
+    }
+    while ((slash = strrchr(dir, '/')) && slash != dir) {
+        *slash = '\0';
+        if (stat(dir, &st) == 0
+            && !children_may(&st, S_IXUSR, S_IXGRP, S_IXOTH)) {
+            return apr_psprintf(pool, "%s cannot be reached by %s: the "
+                                "directory %s (mode %04o) does not let it "
+                                "through", cred->path,
+                                who_runs_children(pool), dir,
+                                (unsigned)(st.st_mode & 07777));
+        }
+    }
+    return NULL;
+}
+
 static const aoai_member_credential *credential_for(const aoai_dir_conf *conf,
                                                     proxy_worker *worker)
 {
@@ -303,25 +425,24 @@ static const aoai_member_credential *credential_for(const aoai_dir_conf *conf,
 }
 
 /* Puts the member's own credential on the request, replacing whatever the
- * previous attempt's member got.  Returns APR_SUCCESS, or an error when a
- * bearer token file cannot be used (the attempt then fails over). */
+ * previous attempt's member got.  Returns APR_SUCCESS, or why a bearer
+ * token file cannot be used, with *file naming it: the attempt then
+ * fails over, and the caller logs it (never the token). */
 apr_status_t aoai_apply_member_credential(request_rec *r,
                                           const aoai_dir_conf *conf,
-                                          proxy_worker *worker)
+                                          proxy_worker *worker,
+                                          const char **file)
 {
     const aoai_member_credential *cred = credential_for(conf, worker);
     const char *token;
     apr_status_t rv;
 
     apr_table_unset(r->headers_in, "api-key");
+    apr_table_unset(r->headers_in, "Authorization");
     if (!cred) {
-        if (conf->credentials && conf->credentials->nelts) {
-            apr_table_unset(r->headers_in, "Authorization");
-        }
         return APR_SUCCESS;
     }
     if (!cred->bearer) {
-        apr_table_unset(r->headers_in, "Authorization");
         apr_table_setn(r->headers_in, "api-key", cred->value);
         return APR_SUCCESS;
     }
@@ -330,10 +451,7 @@ apr_status_t aoai_apply_member_credential(request_rec *r,
         rv = APR_EINVAL;
     }
     if (rv != APR_SUCCESS) {
-        apr_table_unset(r->headers_in, "Authorization");
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, APLOGNO(10930)
-                      "member %s: bearer token file %s is unreadable, empty "
-                      "or not a token", cred->route, cred->path);
+        *file = cred->path;
         return rv;
     }
     apr_table_setn(r->headers_in, "Authorization",

@@ -12,14 +12,19 @@
  *
  * On top of that, a member is not "best" while it sits inside a throttle
  * window, nor when the current request already tried it: that is what turns
- * a 429 into a move to the next member instead of a second 429.  Draining,
- * disabled, hot-spare and hot-standby members keep their stock meaning
- * because the walk itself is stock.
+ * a 429 into a move to the next member instead of a second 429.
  *
- * Each pick reads every member's window once, before the walk: a parked
- * member is marked in error for the balancer-manager page (aoai_status.c),
- * which also keeps the stock walk from offering it, so the request notes
- * it as skipped there rather than in is_best_aoai().
+ * The walk is stock's (ap_proxy_balancer_get_best_worker) in every rule:
+ * lbsets in order, drained, disabled and errored members passed by, hot
+ * spares standing in for members that cannot serve, hot standbys when no
+ * other member of the lbset can.  It is written out here for one reason:
+ * to the stock walk a member "cannot serve" only when it is marked
+ * PROXY_WORKER_IN_ERROR, and mod_proxy reads that mark as "drop every
+ * connection to it", including those of calls already on their way there
+ * (AH00940 "disabled connection", AH01114, a failed attempt for each).  A
+ * throttled member must stay usable for calls in flight while no new call
+ * goes to it, so here a member this call cannot use counts as unusable for
+ * the walk's spares without any flag being set on it.
  *
  * Headroom (aoai_headroom.c): a member whose remaining requests or tokens
  * would fall below AOAIHeadroomFloor with this call is passed over as long
@@ -40,20 +45,19 @@
 APLOG_USE_MODULE(aoai_balancer);
 
 
-static APR_OPTIONAL_FN_TYPE(proxy_balancer_get_best_worker)
-                            *get_best_worker_fn = NULL;
+static APR_OPTIONAL_FN_TYPE(ap_proxy_retry_worker) *retry_worker_fn = NULL;
 
 typedef struct {
     proxy_balancer *balancer;
+    request_rec *r;
     aoai_request_state *state;   /* NULL when the module's handler is not
                                   * driving the request */
     unsigned char *parked;       /* by worker->s->index: in a window now */
     unsigned char *low;          /* by worker->s->index: low headroom */
-    int parked_size;
+    int slots;
     int avoid_low;               /* this walk passes over low members */
     int passed_over;             /* low members this walk passed over */
     apr_time_t now;
-    int total_factor;
 } aoai_pick;
 
 static int already_in(const apr_array_header_t *workers, proxy_worker *worker)
@@ -74,84 +78,150 @@ static void note_skipped(aoai_request_state *state, proxy_worker *worker)
     }
 }
 
-/* One read of every member's window per pick.  A parked member is marked
- * for the balancer-manager page here, which also takes it out of the stock
- * walk (it is in error until its window ends); the walk would never show it
- * to is_best_aoai, so the request notes it as skipped here too. */
+static int has_slot(const aoai_pick *pick, const proxy_worker *worker)
+{
+    return worker->s->index >= 0 && worker->s->index < pick->slots;
+}
+
+/* One read of every member's window and headroom per pick. */
 static void read_windows(aoai_pick *pick, apr_pool_t *pool)
 {
-    apr_time_t now = pick->now;
     proxy_balancer *balancer = pick->balancer;
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
     int i;
 
-    pick->parked_size = balancer->max_workers > balancer->workers->nelts
-                        ? balancer->max_workers : balancer->workers->nelts;
-    pick->parked = apr_pcalloc(pool, pick->parked_size);
-    pick->low = apr_pcalloc(pool, pick->parked_size);
+    pick->slots = balancer->max_workers > balancer->workers->nelts
+                  ? balancer->max_workers : balancer->workers->nelts;
+    pick->parked = apr_pcalloc(pool, pick->slots);
+    pick->low = apr_pcalloc(pool, pick->slots);
     pick->avoid_low = pick->state && aoai_headroom_enabled(pick->state->conf);
     for (i = 0; i < balancer->workers->nelts; i++) {
         proxy_worker *worker = workers[i];
         aoai_member_slot *slot = aoai_throttle_slot(balancer, worker);
 
-        if (pick->avoid_low && worker->s->index >= 0
-            && worker->s->index < pick->parked_size) {
-            pick->low[worker->s->index] = (unsigned char)aoai_headroom_is_low(
-                slot, pick->state->conf, pick->state->token_estimate, now);
+        if (!has_slot(pick, worker)) {
+            continue;
         }
-
-        if (now < aoai_throttle_until(slot)) {
-            if (worker->s->index >= 0
-                && worker->s->index < pick->parked_size) {
-                pick->parked[worker->s->index] = 1;
-            }
+        if (pick->avoid_low) {
+            pick->low[worker->s->index] = (unsigned char)aoai_headroom_is_low(
+                slot, pick->state->conf, pick->state->token_estimate,
+                pick->now);
+        }
+        if (pick->now < aoai_throttle_until(slot)) {
+            pick->parked[worker->s->index] = 1;
             /* One this request tried, then saw throttled, was not
              * skipped. */
             if (pick->state && !already_in(pick->state->tried, worker)) {
                 note_skipped(pick->state, worker);
             }
-            aoai_member_mark(worker, slot, now);
         }
     }
 }
 
-static int is_parked(aoai_pick *pick, proxy_worker *worker)
+/* Whether this call can be sent to a member the walk finds usable. */
+static int fits_call(aoai_pick *pick, proxy_worker *worker)
 {
-    if (worker->s->index >= 0 && worker->s->index < pick->parked_size) {
-        return pick->parked[worker->s->index];
-    }
-    return aoai_member_is_throttled(pick->balancer, worker, pick->now);
-}
-
-static int is_low(aoai_pick *pick, proxy_worker *worker)
-{
-    return worker->s->index >= 0 && worker->s->index < pick->parked_size
-           && pick->low[worker->s->index];
-}
-
-static int is_best_aoai(proxy_worker *current, proxy_worker *prev_best,
-                        void *baton)
-{
-    aoai_pick *pick = baton;
-
-    if (pick->state && (already_in(pick->state->tried, current)
-                        || !aoai_member_serves(pick->state, current))) {
+    if (pick->state && (already_in(pick->state->tried, worker)
+                        || !aoai_member_serves(pick->state, worker))) {
         return 0;
     }
-    /* Members that ignore errors are never marked, so the walk offers
-     * them even inside their window. */
-    if (is_parked(pick, current)) {
+    if (has_slot(pick, worker) ? pick->parked[worker->s->index]
+        : aoai_member_is_throttled(pick->balancer, worker, pick->now)) {
         return 0;
     }
-    if (pick->avoid_low && is_low(pick, current)) {
+    if (pick->avoid_low && has_slot(pick, worker)
+        && pick->low[worker->s->index]) {
         pick->passed_over++;
         return 0;
     }
+    return 1;
+}
 
-    current->s->lbstatus += current->s->lbfactor;
-    pick->total_factor += current->s->lbfactor;
+/* byrequests' weighting: the member that has waited longest for its share
+ * of calls, by lbfactor, wins. */
+static proxy_worker *weigh(apr_array_header_t *candidates)
+{
+    proxy_worker *best = NULL;
+    int i, total = 0;
 
-    return !prev_best || current->s->lbstatus > prev_best->s->lbstatus;
+    for (i = 0; i < candidates->nelts; i++) {
+        proxy_worker *worker = APR_ARRAY_IDX(candidates, i, proxy_worker *);
+        worker->s->lbstatus += worker->s->lbfactor;
+        total += worker->s->lbfactor;
+        if (!best || worker->s->lbstatus > best->s->lbstatus) {
+            best = worker;
+        }
+    }
+    if (best) {
+        best->s->lbstatus -= total;
+    }
+    return best;
+}
+
+/* One lbset, as the stock walk treats it; NULL when none of its members
+ * can take the call. */
+static proxy_worker *walk_lbset(aoai_pick *pick, int lbset,
+                                apr_array_header_t *members,
+                                apr_array_header_t *spares,
+                                apr_array_header_t *standbys)
+{
+    proxy_worker **workers = (proxy_worker **)pick->balancer->workers->elts;
+    int i, unusable = 0;
+
+    apr_array_clear(members);
+    apr_array_clear(spares);
+    apr_array_clear(standbys);
+    for (i = 0; i < pick->balancer->workers->nelts; i++) {
+        proxy_worker *worker = workers[i];
+        int spare = PROXY_WORKER_IS_SPARE(worker);
+        int standby = PROXY_WORKER_IS_STANDBY(worker);
+
+        if (worker->s->lbset != lbset) {
+            continue;
+        }
+        if (PROXY_WORKER_IS_DRAINING(worker)) {
+            unusable += !spare && !standby;
+            continue;
+        }
+        if (!PROXY_WORKER_IS_USABLE(worker)) {
+            retry_worker_fn("BALANCER", worker, pick->r->server);
+        }
+        if (!PROXY_WORKER_IS_USABLE(worker) || !fits_call(pick, worker)) {
+            unusable += !spare && !standby;
+            continue;
+        }
+        APR_ARRAY_PUSH(spare ? spares : standby ? standbys : members,
+                       proxy_worker *) = worker;
+    }
+    /* Spares stand in for as many members as cannot serve. */
+    for (i = 0; i < spares->nelts && i < unusable; i++) {
+        APR_ARRAY_PUSH(members, proxy_worker *)
+            = APR_ARRAY_IDX(spares, i, proxy_worker *);
+    }
+    return members->nelts ? weigh(members) : weigh(standbys);
+}
+
+static proxy_worker *walk(aoai_pick *pick, apr_pool_t *pool)
+{
+    proxy_worker **workers = (proxy_worker **)pick->balancer->workers->elts;
+    apr_array_header_t *members = apr_array_make(pool, 4,
+                                                 sizeof(proxy_worker *));
+    apr_array_header_t *spares = apr_array_make(pool, 1,
+                                                sizeof(proxy_worker *));
+    apr_array_header_t *standbys = apr_array_make(pool, 1,
+                                                  sizeof(proxy_worker *));
+    proxy_worker *best = NULL;
+    int i, lbset, max_lbset = 0;
+
+    for (i = 0; i < pick->balancer->workers->nelts; i++) {
+        if (workers[i]->s->lbset > max_lbset) {
+            max_lbset = workers[i]->s->lbset;
+        }
+    }
+    for (lbset = 0; !best && lbset <= max_lbset; lbset++) {
+        best = walk_lbset(pick, lbset, members, spares, standbys);
+    }
+    return best;
 }
 
 static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
@@ -160,14 +230,14 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
     proxy_worker *worker;
 
     pick.balancer = balancer;
+    pick.r = r;
     pick.state = aoai_request_state_get(r);
     pick.now = apr_time_now();
-    pick.total_factor = 0;
     read_windows(&pick, r->pool);
 
     for (;;) {
         pick.passed_over = 0;
-        worker = get_best_worker_fn(balancer, r, is_best_aoai, &pick);
+        worker = walk(&pick, r->pool);
         if (!worker) {
             if (!pick.avoid_low) {
                 return NULL;
@@ -176,8 +246,6 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
             pick.avoid_low = 0;
             continue;
         }
-        worker->s->lbstatus -= pick.total_factor;
-        pick.total_factor = 0;
         if (!pick.state || !aoai_headroom_enabled(pick.state->conf)) {
             return worker;
         }
@@ -188,7 +256,7 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
             return worker;
         }
         /* Another call took its last room since read_windows(). */
-        if (worker->s->index < 0 || worker->s->index >= pick.parked_size) {
+        if (!has_slot(&pick, worker)) {
             return worker;
         }
         pick.low[worker->s->index] = 1;
@@ -198,8 +266,7 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
 /* Whether a member could still be picked for this request: the module's
  * handler asks before each attempt, so that "everyone is throttled" becomes
  * the module's 429 rather than mod_proxy_balancer's "All workers are in
- * error state" in the error log on every request.  Members in error are
- * left to the stock walk, which knows when their retry time is up. */
+ * error state" in the error log on every request. */
 int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
                              apr_time_t now)
 {
@@ -217,7 +284,27 @@ int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
         note_skipped(state, worker);
         return 0;
     }
+    /* In error (refused, failed handshake) until its retry= is up. */
+    if ((worker->s->status & PROXY_WORKER_IN_ERROR)
+        && !(worker->s->status & PROXY_WORKER_IGNORE_ERRORS)
+        && now <= worker->s->error_time + worker->s->retry) {
+        return 0;
+    }
     return 1;
+}
+
+/* Whether any member could still be picked for this request.  When none
+ * can, every throttled one has been noted as skipped. */
+int aoai_any_candidate(aoai_request_state *state, apr_time_t now)
+{
+    proxy_balancer *balancer = state->balancer;
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    int i, found = 0;
+
+    for (i = 0; i < balancer->workers->nelts; i++) {
+        found |= aoai_member_is_candidate(workers[i], state, now);
+    }
+    return found;
 }
 
 static apr_status_t reset(proxy_balancer *balancer, server_rec *s)
@@ -265,8 +352,8 @@ apr_status_t aoai_for_each_balancer(server_rec *s, aoai_balancer_fn *fn,
 
 int aoai_lbmethod_post_config(server_rec *s)
 {
-    get_best_worker_fn = APR_RETRIEVE_OPTIONAL_FN(proxy_balancer_get_best_worker);
-    if (!get_best_worker_fn) {
+    retry_worker_fn = APR_RETRIEVE_OPTIONAL_FN(ap_proxy_retry_worker);
+    if (!retry_worker_fn) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, APLOGNO(10910)
                      "mod_proxy must be loaded for lbmethod="
                      AOAI_LBMETHOD_NAME);

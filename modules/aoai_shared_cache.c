@@ -91,8 +91,17 @@ typedef struct {
     aoai_member_slot *slot;   /* where a failed store is left for the sync */
 } aoai_publish_job;
 
+/* A provider instance of one thread's own: a child's publisher, the sync.
+ * Each lives in a pool of its own, so that it can be thrown away and made
+ * again without a lock (aoai_cache_link_call). */
+typedef struct {
+    apr_pool_t *pool;             /* NULL: not open */
+    ap_socache_instance_t *instance;
+} aoai_cache_link;
+
 /* One per child process. */
 typedef struct {
+    aoai_cache_link link;         /* the publisher thread's */
     apr_thread_mutex_t *lock;
     apr_thread_cond_t *work_queued;
     apr_thread_cond_t *work_done;
@@ -108,13 +117,14 @@ typedef struct {
 /* This generation's view, set in post_config (parent) and inherited. */
 static struct {
     const ap_socache_provider_t *provider;
-    ap_socache_instance_t *instance;
     const char *provider_name;
+    const char *argument;         /* for a link's provider->create() */
     apr_interval_time_t sync_interval;
     apr_interval_time_t timeout;
     server_rec *server;           /* for the module's own log lines */
     server_rec *provider_server;  /* handed to the provider; see below */
     apr_array_header_t *members;  /* aoai_sync_member */
+    aoai_cache_link sync_link;    /* the watchdog thread's */
     unsigned char heartbeat_id[AOAI_CACHE_ID_LENGTH];
     aoai_cache_shared *shared;
 } cache;
@@ -166,6 +176,7 @@ const char *aoai_shared_cache_set(cmd_parms *cmd, aoai_server_conf *conf,
     }
     conf->cache_provider = provider;
     conf->cache_provider_name = apr_pstrdup(cmd->pool, name);
+    conf->cache_argument = colon ? apr_pstrdup(cmd->pool, colon + 1) : NULL;
     return NULL;
 }
 
@@ -218,25 +229,106 @@ static void count(aoai_cache_counter counter)
 
 /* A time under a key, as the decimal epoch milliseconds every reader
  * expects. */
-static apr_status_t store_time(const unsigned char *id, apr_time_t when,
-                               apr_time_t expiry, apr_pool_t *pool)
+static const struct ap_socache_hints cache_hints = {
+    AOAI_CACHE_ID_LENGTH, AOAI_CACHE_VALUE_MAX, 0
+};
+
+static void link_close(aoai_cache_link *link)
+{
+    if (link->pool) {
+        cache.provider->destroy(link->instance, cache.provider_server);
+        apr_pool_destroy(link->pool);
+        link->pool = NULL;
+    }
+}
+
+/* An unmanaged pool: the thread that owns the link is the only one that
+ * allocates from it, and it outlives no generation's pools. */
+static apr_status_t link_open(aoai_cache_link *link)
+{
+    apr_status_t rv = apr_pool_create_unmanaged_ex(&link->pool, NULL, NULL);
+
+    if (rv != APR_SUCCESS) {
+        link->pool = NULL;
+        return rv;
+    }
+    if (cache.provider->create(&link->instance, cache.argument, link->pool,
+                               link->pool)
+        || (rv = cache.provider->init(link->instance, AOAI_CACHE_NAMESPACE,
+                                      &cache_hints, cache.provider_server,
+                                      link->pool)) != APR_SUCCESS) {
+        apr_pool_destroy(link->pool);
+        link->pool = NULL;
+        return rv != APR_SUCCESS ? rv : APR_EGENERAL;
+    }
+    return APR_SUCCESS;
+}
+
+typedef struct {
+    const unsigned char *id;
+    apr_time_t when;              /* store: the time stored */
+    apr_time_t expiry;            /* store */
+    char *value;                  /* retrieve: AOAI_CACHE_VALUE_MAX + 2 */
+    unsigned int length;          /* retrieve: in, room; out, length */
+    apr_pool_t *pool;
+} aoai_cache_call;
+
+/* A time under a key, as the decimal epoch milliseconds every reader
+ * expects; or, with call->value, what the key holds. */
+static apr_status_t link_do(aoai_cache_link *link, aoai_cache_call *call)
 {
     char value[AOAI_CACHE_VALUE_MAX + 2];
-    int length = apr_snprintf(value, sizeof(value), "%" APR_INT64_T_FMT,
-                              apr_time_as_msec(when));
+    int length;
 
-    return cache.provider->store(cache.instance, cache.provider_server,
-                                 id, AOAI_CACHE_ID_LENGTH, expiry,
-                                 (unsigned char *)value,
-                                 (unsigned int)length, pool);
+    if (call->value) {
+        return cache.provider->retrieve(link->instance, cache.provider_server,
+                                        call->id, AOAI_CACHE_ID_LENGTH,
+                                        (unsigned char *)call->value,
+                                        &call->length, call->pool);
+    }
+    length = apr_snprintf(value, sizeof(value), "%" APR_INT64_T_FMT,
+                          apr_time_as_msec(call->when));
+    return cache.provider->store(link->instance, cache.provider_server,
+                                 call->id, AOAI_CACHE_ID_LENGTH, call->expiry,
+                                 (unsigned char *)value, (unsigned int)length,
+                                 call->pool);
+}
+
+/* One store or read, once more on a fresh link when the first failed.
+ * A cache that restarted has closed the connections each thread keeps to
+ * it; the first call on such a connection fails (EPIPE), and apr_redis and
+ * apr_memcache then hold the server for dead for 5 s in that thread,
+ * whatever the cache's state.  A new link has fresh connections and no
+ * such memory, so a stale connection never costs a window.  A call that
+ * timed out is not repeated: the cache is hung, not restarted. */
+static apr_status_t link_call(aoai_cache_link *link, aoai_cache_call *call)
+{
+    unsigned int room = call->length;
+    apr_status_t rv = link->pool ? link_do(link, call) : APR_ENOTSOCK;
+
+    /* A read's "not found" is no failure: the key is not there (or the
+     * server is held for dead, which the heartbeat store finds out). */
+    if (rv == APR_SUCCESS || APR_STATUS_IS_TIMEUP(rv)
+        || (rv == APR_NOTFOUND && call->value)) {
+        return rv;
+    }
+    link_close(link);
+    if (link_open(link) != APR_SUCCESS) {
+        return rv;
+    }
+    call->length = room;
+    return link_do(link, call);
 }
 
 /* Providers keep whole seconds and refuse an expiry under one; the value
  * itself says exactly when the window ends. */
-static apr_status_t store_window(const unsigned char *id, apr_time_t until,
+static apr_status_t store_window(aoai_cache_link *link,
+                                 const unsigned char *id, apr_time_t until,
                                  apr_pool_t *pool)
 {
-    return store_time(id, until, until + apr_time_from_sec(2), pool);
+    aoai_cache_call call = { id, until, until + apr_time_from_sec(2), NULL,
+                             0, pool };
+    return link_call(link, &call);
 }
 
 /* The provider logs every failed call itself, at error level: with the
@@ -339,8 +431,8 @@ static apr_status_t republish(aoai_sync_member *member, apr_time_t now,
         return APR_SUCCESS;
     }
     if ((apr_time_t)until > now) {
-        if ((rv = store_window(member->id, (apr_time_t)until, pool))
-            != APR_SUCCESS) {
+        if ((rv = store_window(&cache.sync_link, member->id,
+                               (apr_time_t)until, pool)) != APR_SUCCESS) {
             return rv;
         }
         count(AOAI_CACHE_PUBLISHED);
@@ -353,7 +445,9 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
                                  apr_pool_t *pool)
 {
     char value[AOAI_CACHE_VALUE_MAX + 2];
-    unsigned int length = sizeof(value) - 1;
+    aoai_cache_call call = { member->id, 0, 0, value, sizeof(value) - 1,
+                             pool };
+    unsigned int length;
     apr_int64_t end_ms;
     apr_time_t until;
     apr_status_t rv;
@@ -362,9 +456,8 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
     if (rv != APR_SUCCESS) {
         return rv;
     }
-    rv = cache.provider->retrieve(cache.instance, cache.provider_server,
-                                  member->id, AOAI_CACHE_ID_LENGTH,
-                                  (unsigned char *)value, &length, pool);
+    rv = link_call(&cache.sync_link, &call);
+    length = call.length;
     if (rv == APR_NOTFOUND) {
         return APR_SUCCESS;
     }
@@ -395,7 +488,6 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
     }
     if (aoai_throttle_raise(member->slot, until)) {
         count(AOAI_CACHE_LEARNED);
-        aoai_member_mark(member->worker, member->slot, now);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, cache.server, APLOGNO(10938)
                      "%s: member %s is throttled for %" APR_TIME_T_FMT
                      " ms, as another gateway saw", member->balancer->s->name,
@@ -410,8 +502,9 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
  * never answers that: the sync starts with one, of this key. */
 static apr_status_t store_heartbeat(apr_time_t now, apr_pool_t *pool)
 {
-    return store_time(cache.heartbeat_id, now, now + apr_time_from_sec(10),
-                      pool);
+    aoai_cache_call call = { cache.heartbeat_id, now,
+                             now + apr_time_from_sec(10), NULL, 0, pool };
+    return link_call(&cache.sync_link, &call);
 }
 
 static apr_status_t sync_tick(int state, void *baton, apr_pool_t *pool)
@@ -421,6 +514,9 @@ static apr_status_t sync_tick(int state, void *baton, apr_pool_t *pool)
     int i;
 
     (void)baton;
+    if (state == AP_WATCHDOG_STATE_STOPPING) {
+        link_close(&cache.sync_link);
+    }
     if (state != AP_WATCHDOG_STATE_RUNNING) {
         return APR_SUCCESS;
     }
@@ -489,8 +585,8 @@ static void *APR_THREAD_FUNC publish_loop(apr_thread_t *thread, void *baton)
         apr_thread_mutex_unlock(pub->lock);
 
         for (i = 0; i < jobs; i++) {
-            apr_status_t rv = store_window(batch[i].id, batch[i].until,
-                                           pool);
+            apr_status_t rv = store_window(&pub->link, batch[i].id,
+                                           batch[i].until, pool);
             if (rv == APR_SUCCESS) {
                 count(AOAI_CACHE_PUBLISHED);
             }
@@ -508,6 +604,7 @@ static void *APR_THREAD_FUNC publish_loop(apr_thread_t *thread, void *baton)
         apr_thread_cond_broadcast(pub->work_done);
     }
     apr_thread_mutex_unlock(pub->lock);
+    link_close(&pub->link);
     apr_pool_destroy(pool);
     /* A plain return, not apr_thread_exit(): pthread_exit()'s forced
      * unwind leaves the stack's ASan shadow poisoned, and the sanitizer
@@ -678,13 +775,9 @@ static apr_status_t add_sync_members(server_rec *s, proxy_balancer *balancer,
     return APR_SUCCESS;
 }
 
-static apr_status_t destroy_instance(void *baton)
+static apr_status_t forget_cache(void *baton)
 {
-    server_rec *s = baton;
-
-    if (cache.provider) {
-        cache.provider->destroy(cache.instance, s);
-    }
+    (void)baton;
     memset(&cache, 0, sizeof(cache));
     return APR_SUCCESS;
 }
@@ -692,8 +785,6 @@ static apr_status_t destroy_instance(void *baton)
 int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
                                   const aoai_server_conf *conf)
 {
-    struct ap_socache_hints hints = { AOAI_CACHE_ID_LENGTH,
-                                      AOAI_CACHE_VALUE_MAX, 0 };
     ap_watchdog_t *watchdog;
     apr_shm_t *shm;
     apr_status_t rv;
@@ -720,23 +811,27 @@ int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
     cache.shared = apr_shm_baseaddr_get(shm);
     memset(cache.shared, 0, sizeof(*cache.shared));
 
+    /* This instance only proves, at start-up, that the provider takes the
+     * argument: every thread that talks to the cache makes a link of its
+     * own. */
     rv = conf->cache_provider->init(conf->cache_instance, AOAI_CACHE_NAMESPACE,
-                                    &hints, s, pconf);
+                                    &cache_hints, s, pconf);
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10944)
                      "AOAISharedCache %s: the provider could not be set up",
                      conf->cache_provider_name);
         return !OK;
     }
+    conf->cache_provider->destroy(conf->cache_instance, s);
     cache.provider = conf->cache_provider;
-    cache.instance = conf->cache_instance;
+    cache.argument = conf->cache_argument;
     cache.provider_name = conf->cache_provider_name;
     cache.sync_interval = conf->cache_sync;
     cache.timeout = conf->cache_timeout;
     cache.server = s;
     cache.provider_server = quiet_server(pconf, s);
     cache.members = apr_array_make(pconf, 8, sizeof(aoai_sync_member));
-    apr_pool_cleanup_register(pconf, s, destroy_instance,
+    apr_pool_cleanup_register(pconf, NULL, forget_cache,
                               apr_pool_cleanup_null);
     aoai_for_each_balancer(s, add_sync_members, NULL);
     member_id("", "heartbeat", cache.heartbeat_id);

@@ -3,17 +3,11 @@
  *
  * What the balancer is doing, where an httpd admin already looks.
  *
- * balancer-manager.  The stock page has no hook for other modules; what it
- * does render is each member's status flags.  So a member inside a throttle
- * window is put in error ("Err" on the page) with its error_time set to
- * the window's end minus the member's retry interval: mod_proxy's own retry
- * logic then takes the member back exactly when the window ends, hot
- * spares stand in for it meanwhile, and the page needs no patch.  The
- * module remembers the error_time it wrote, so it only ever clears a mark
- * it made, never an error mod_proxy found itself.  Marks are brought up to
- * date whenever a request is balanced and whenever one of these pages is
- * drawn, so the page is right even when no traffic flows.  Members with
- * status I (ignore errors) are not marked: stock would clear it at once.
+ * balancer-manager.  The stock page has no hook for other modules, and the
+ * one flag it shows that would say "not now", PROXY_WORKER_IN_ERROR, is
+ * also mod_proxy's order to drop every connection to the member, calls in
+ * flight included: a throttled member is not marked there (see
+ * aoai_lbmethod.c); its window shows on the pages below.
  *
  * server-status.  With ExtendedStatus On, a section per aoai balancer; the
  * ?auto form has one "AOAIMember:" line per member and one
@@ -42,38 +36,6 @@
 APLOG_USE_MODULE(aoai_balancer);
 
 #define STATUS_HANDLER "aoai-balancer-status"
-
-void aoai_member_mark(proxy_worker *worker, aoai_member_slot *slot,
-                      apr_time_t now)
-{
-    apr_time_t until = aoai_throttle_until(slot);
-    apr_time_t marked = (apr_time_t)aoai_mark_get(slot);
-    int ours = marked && worker->s->error_time == marked;
-
-    if (!slot || (worker->s->status & PROXY_WORKER_IGNORE_ERRORS)) {
-        return;
-    }
-    if (now < until) {
-        apr_time_t error_time = until - worker->s->retry;
-
-        if (!(worker->s->status & PROXY_WORKER_IN_ERROR)) {
-            worker->s->error_time = error_time;
-            worker->s->status |= PROXY_WORKER_IN_ERROR;
-            aoai_mark_set(slot, error_time);
-        }
-        else if (ours && marked != error_time) {
-            /* A later 429 made the window longer. */
-            worker->s->error_time = error_time;
-            aoai_mark_set(slot, error_time);
-        }
-    }
-    else if (marked) {
-        if (ours && (worker->s->status & PROXY_WORKER_IN_ERROR)) {
-            worker->s->status &= ~PROXY_WORKER_IN_ERROR;
-        }
-        aoai_mark_set(slot, 0);
-    }
-}
 
 /* ------------------------------------------------------------------ */
 /* One snapshot, three renderings                                      */
@@ -149,7 +111,6 @@ static apr_status_t collect_balancer(server_rec *s, proxy_balancer *balancer,
         aoai_member_view *view = apr_array_push(snapshot->members);
         aoai_member_slot *slot = aoai_throttle_slot(balancer, workers[i]);
 
-        aoai_member_mark(workers[i], slot, snapshot->now);
         view->balancer = balancer;
         view->worker = workers[i];
         aoai_member_stats_read(slot, &view->stats);
@@ -564,43 +525,9 @@ static int status_handler(request_rec *r)
     return OK;
 }
 
-static apr_status_t refresh_balancer_marks(server_rec *s,
-                                           proxy_balancer *balancer,
-                                           void *baton)
-{
-    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
-    apr_time_t now = *(apr_time_t *)baton;
-    int i;
-
-    (void)s;
-    for (i = 0; i < balancer->workers->nelts; i++) {
-        aoai_member_mark(workers[i], aoai_throttle_slot(balancer, workers[i]),
-                         now);
-    }
-    return APR_SUCCESS;
-}
-
-/* Runs before the stock page draws itself, so that it shows the windows
- * as they are now, traffic or not. */
-static int refresh_marks(request_rec *r)
-{
-    apr_time_t now;
-
-    if (!r->handler || strcmp(r->handler, "balancer-manager")) {
-        return DECLINED;
-    }
-    now = apr_time_now();
-    aoai_for_each_balancer(ap_server_conf, refresh_balancer_marks, &now);
-    return DECLINED;
-}
-
 void aoai_status_register_hooks(apr_pool_t *p)
 {
-    static const char *const before_balancer[] = { "mod_proxy_balancer.c",
-                                                   NULL };
-
     (void)p;
-    ap_hook_handler(refresh_marks, NULL, before_balancer, APR_HOOK_FIRST);
     ap_hook_handler(status_handler, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ap, status_hook, aoai_status_hook, NULL, NULL,
                       APR_HOOK_MIDDLE);

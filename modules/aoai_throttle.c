@@ -55,11 +55,12 @@ struct aoai_member_slot {
     volatile apr_uint32_t garbage_logged; /* 1 after a bad header was logged */
     volatile apr_uint32_t kind;           /* aoai_slot_kind */
     volatile apr_uint64_t member_key;     /* AOAI_SLOT_KEY: its member's key */
-    volatile apr_uint64_t mark_error_time;/* see aoai_member_mark() */
     volatile apr_uint64_t last_throttled; /* apr_time_t of the last 429 */
     volatile apr_uint64_t counters[AOAI_COUNTER_COUNT];
     aoai_headroom_shared headroom[AOAI_HEADROOM_KINDS]; /* AOAI_SLOT_MEMBER */
     aoai_quota_shared quota;              /* AOAI_SLOT_KEY of a key's quota */
+    volatile apr_uint64_t once[AOAI_ONCE_KINDS]; /* apr_time_t each: last
+                                           * logged, aoai_member_once_per */
     volatile apr_uint64_t unpublished;    /* a window end the shared cache
                                            * did not take; the sync retries */
     char name[AOAI_SLOT_NAME_SIZE];       /* "balancer|member", for people */
@@ -465,19 +466,6 @@ void aoai_key_stats_each(const aoai_member_slot *member,
     }
 }
 
-apr_uint64_t aoai_mark_get(const aoai_member_slot *slot)
-{
-    return slot ? apr_atomic_read64((volatile apr_uint64_t *)
-                                    &slot->mark_error_time) : 0;
-}
-
-void aoai_mark_set(aoai_member_slot *slot, apr_time_t error_time)
-{
-    if (slot) {
-        apr_atomic_set64(&slot->mark_error_time, (apr_uint64_t)error_time);
-    }
-}
-
 /* A member that keeps sending an unusable header is logged once, not once
  * per request; a usable header re-arms the log.  Returns 1 when the caller
  * is the one that should log. */
@@ -493,6 +481,24 @@ int aoai_throttle_note_garbage(aoai_member_slot *slot, int garbage)
         return 0;
     }
     return apr_atomic_cas32(&slot->garbage_logged, 1, 0) == 0;
+}
+
+/* Returns 1 to the one caller, in any child, that should log "what" for
+ * this member now: the first, or the first after interval has passed. */
+int aoai_member_once_per(aoai_member_slot *slot, aoai_once what,
+                         apr_time_t now, apr_interval_time_t interval)
+{
+    apr_uint64_t last;
+
+    if (!slot) {
+        return 1;
+    }
+    last = apr_atomic_read64(&slot->once[what]);
+    if (last && now - (apr_time_t)last < interval) {
+        return 0;
+    }
+    return apr_atomic_cas64(&slot->once[what], (apr_uint64_t)now, last)
+           == last;
 }
 
 int aoai_member_is_throttled(proxy_balancer *balancer, proxy_worker *worker,

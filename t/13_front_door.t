@@ -124,7 +124,7 @@ is($mock->stats('open')->{last_bearer}, 'absent', "the next member gets neither 
 unlink "$secrets/bearer.token";
 $res = chat($gw, path => "/entra$CHAT_PATH");
 is($res->{headers}{'x-aoai-backend'}, 'open', 'token file gone: the call fails over instead of failing');
-like($gw->error_log, qr/AH10930: member entra: bearer token file \S+ is unreadable/, 'and the error log says why');
+like($gw->error_log, qr/AH10930: balancer:\/\/entra: member entra: its bearer token file \S+ is unreadable/, 'and the error log says why');
 
 # Secrets never reach a log
 $gw->stop;

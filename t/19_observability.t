@@ -1,8 +1,7 @@
 # Issue 4: what the balancer is doing, where an admin looks.
-#   - the stock balancer-manager page marks a throttled member (Err) for
-#     the length of its window, and drops the mark when the window ends
-#     even with no traffic; lbset, lbfactor and Disabled edited there take
-#     effect on the next request;
+#   - the stock balancer-manager page leaves a throttled member usable
+#     (no Err: mod_proxy would drop its calls in flight); lbset, lbfactor
+#     and Disabled edited there take effect on the next request;
 #   - server-status (ExtendedStatus On) has a section per aoai balancer,
 #     HTML and ?auto;
 #   - the aoai-balancer-status handler gives the same as JSON, behind
@@ -196,8 +195,11 @@ ok($primary->{throttled_for_ms} > 0 && $primary->{throttled_for_ms} <= 3000,
 like($primary->{throttled_until}, qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/,
      'JSON: the window end as an ISO 8601 time');
 
-like(manager_status('primary'), qr/\bErr\b/, 'balancer-manager: the throttled member is marked Err');
-unlike(manager_status('secondary'), qr/\bErr\b/, 'balancer-manager: the other member is not');
+# Not marked in error on the stock page: mod_proxy takes that flag as
+# "drop every connection to it", which would fail the calls already on
+# their way to the member (t/27, HTTP/2 bursts).
+unlike(manager_status('primary'), qr/\bErr\b/, 'balancer-manager: the throttled member is not put in error');
+like(manager_status('primary'), qr/\bOk\b/, '  it stays usable for calls in flight');
 
 my $html = page('/server-status')->{content};
 like($html, qr{<h3>balancer://aoai</h3>}, 'server-status: a section for the balancer');
@@ -213,7 +215,6 @@ like($auto, qr{^AOAIKeyTokens: balancer=balancer://aoai member=\Q$url{primary}\E
 
 # The window ends with no traffic at all: the page is right anyway.
 sleep(3.3 - (time - $marked_at)) if time - $marked_at < 3.3;
-unlike(manager_status('primary'), qr/\bErr\b/, 'balancer-manager: the mark is gone when the window ends');
 is(member_status('primary')->{state}, 'ok', 'JSON: the member is ok again');
 is(call('team_a')->{headers}{'x-aoai-backend'}, 'primary', 'and it serves again');
 
