@@ -5,10 +5,19 @@
 #   make -f apxs.mk mock         the mock Azure OpenAI member used by t/ and the demo
 #   make -f apxs.mk test         build all three, then run t/ with prove
 #   make -f apxs.mk install      into the system httpd (DESTDIR respected);
-#                                on Debian also mods-available/aoai_balancer.{load,conf}
+#                                on Debian also mods-available/aoai_balancer.{load,conf};
+#                                scripts/aoai-keyhash into $(BINDIR)
 #   make -f apxs.mk uninstall    removes exactly what install added
+#
+# The module goes where httpd's apxs says (LIBEXECDIR), since httpd loads it
+# from there.  aoai-keyhash is a command of its own: installed by hand it goes
+# under /usr/local, which Debian leaves to the administrator; a package build
+# sets PREFIX=/usr (make -f apxs.mk install DESTDIR=debian/tmp PREFIX=/usr).
 
 APXS     ?= apxs
+APACHECTL ?= apachectl
+PREFIX   ?= /usr/local
+BINDIR   ?= $(PREFIX)/bin
 WARNINGS  = -Wall -Wextra -Werror
 SOURCES   = mod_aoai_balancer.c modules/aoai_lbmethod.c modules/aoai_throttle.c \
             modules/aoai_ratelimit_headers.c modules/aoai_keyfile.c \
@@ -63,6 +72,7 @@ test-sanitize: sanitize mock
 install: all
 	mkdir -p "$(DESTDIR)$(LIBEXECDIR)"
 	$(APXS) -i -S LIBEXECDIR="$(DESTDIR)$(LIBEXECDIR)" -n aoai_balancer mod_aoai_balancer.la
+	install -D -m 755 scripts/aoai-keyhash "$(DESTDIR)$(BINDIR)/aoai-keyhash"
 ifneq ($(MODS_AVAILABLE),)
 	install -d "$(DESTDIR)$(MODS_AVAILABLE)"
 	install -m 644 conf/aoai_balancer.load "$(DESTDIR)$(MODS_AVAILABLE)/aoai_balancer.load"
@@ -72,14 +82,26 @@ ifneq ($(MODS_AVAILABLE),)
 	@echo "installed; enable with: a2enmod aoai_balancer && apachectl configtest && apachectl graceful"
 endif
 
+# Order matters on a running server (docs/install.md): a configuration that
+# still uses the module (lbmethod=aoai, AOAI* directives, LogLevel
+# aoai_balancer:...) fails once the module is gone, and then neither
+# `apachectl graceful` nor `apachectl stop` can parse it.  So, on Debian,
+# uninstall refuses while the module is enabled or while the configuration
+# it leaves behind fails `apachectl configtest`.
 uninstall:
 ifneq ($(MODS_AVAILABLE),)
 	@if [ -e "$(DESTDIR)$(SYSCONFDIR)/mods-enabled/aoai_balancer.load" ]; then \
 	    echo "aoai_balancer is enabled: run a2dismod aoai_balancer first" >&2; exit 1; fi
+	@if [ -f "$(DESTDIR)$(SYSCONFDIR)/apache2.conf" ] && command -v $(APACHECTL) >/dev/null \
+	    && ! APACHE_CONFDIR="$(DESTDIR)$(SYSCONFDIR)" $(APACHECTL) configtest >/dev/null 2>&1; then \
+	    APACHE_CONFDIR="$(DESTDIR)$(SYSCONFDIR)" $(APACHECTL) configtest 2>&1 | grep -v '^AH00558' >&2; \
+	    echo "apachectl configtest fails without aoai_balancer: disable the configuration" \
+	         "that uses it (a2disconf aoai-balancer), then apachectl graceful, then uninstall" >&2; \
+	    exit 1; fi
 	rm -f "$(DESTDIR)$(MODS_AVAILABLE)/aoai_balancer.load" \
 	      "$(DESTDIR)$(MODS_AVAILABLE)/aoai_balancer.conf"
 endif
-	rm -f "$(DESTDIR)$(LIBEXECDIR)/mod_aoai_balancer.so"
+	rm -f "$(DESTDIR)$(LIBEXECDIR)/mod_aoai_balancer.so" "$(DESTDIR)$(BINDIR)/aoai-keyhash"
 
 clean:
 	rm -rf .libs modules/.libs t/mock/.libs build *.la *.lo *.slo *.o \

@@ -56,18 +56,40 @@ like($out, qr/AH10903: balancer:\/\/aoai uses lbmethod=aoai, which needs LoadMod
 ok(!$ok, 'apache2 -t fails for lbmethod=aoai without mod_proxy_http');
 like($out, qr/needs LoadModule proxy_http_module/, '  and names the missing module');
 
-# The shipped examples must stay valid, with the secrets they name.
+# The shipped examples must stay valid, with the secrets they name, and fit
+# Debian's layout: they are read after a2enmod has loaded every module
+# (configtest loads them here), so they carry no LoadModule of their own,
+# which would only earn an AH01574 warning.
 my $secrets = File::Temp::tempdir('aoai-conf-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 system("printf '%s' sk-example | $TOP/scripts/aoai-keyhash team-a > $secrets/subscription-keys") == 0 or die;
 system("echo farm1-key > $secrets/farm1.key") == 0 or die;
 local $ENV{AOAI_FARM0_KEY} = 'farm0-key';
-for my $example (qw(seed-two-farms.conf multi-region.conf status-localhost.conf)) {
-    open my $fh, '<', "$TOP/conf/$example" or die $!;
+my %example;
+for my $name (qw(seed-two-farms.conf multi-region.conf status-localhost.conf)) {
+    open my $fh, '<', "$TOP/conf/$name" or die $!;
     my $conf = do { local $/; <$fh> };
     $conf =~ s{/etc/apache2/aoai/}{$secrets/}g;
-    $conf =~ s{^LoadModule .*$}{}mg;    # configtest loads the modules
+    $example{$name} = $conf;
+    unlike($conf, qr/^\s*LoadModule/m, "conf/$name leaves LoadModule to a2enmod");
     ($ok, $out) = configtest("Define APACHE_LOG_DIR /tmp\n$conf");
-    ok($ok, "conf/$example passes apache2 -t") or diag $out;
+    ok($ok, "conf/$name passes apache2 -t") or diag $out;
+    unlike($out, qr/AH01574|already loaded/, '  without a module loaded twice');
+
+    # A LogFormat defined and never used is a log line that lacks what
+    # the admin thought it had.
+    my %defined = map { $_ => 1 } $conf =~ /^\s*LogFormat\s+"(?:[^"\\]|\\.)*"\s+(\S+)/mg;
+    my %used = map { $_ => 1 } $conf =~ /^\s*CustomLog\s+\S+\s+(\S+)/mg;
+    is_deeply([ sort keys %used ], [ sort grep { $used{$_} } keys %defined ],
+              "conf/$name: each CustomLog uses a LogFormat of the file");
+    is_deeply([ sort keys %defined ], [ sort keys %used ],
+              "conf/$name: and each LogFormat is used");
 }
+like($example{'seed-two-farms.conf'}, qr/^\s*LogFormat\s.*key=%\{AOAI_KEY_LABEL\}e/m,
+     'the seed logs the subscription key label');
+
+# The status pages can go into a virtual host (ExtendedStatus could not).
+($ok, $out) = configtest("<VirtualHost 127.0.0.1:8080>\n$example{'status-localhost.conf'}</VirtualHost>\n",
+                         qw(authz_core authz_host proxy proxy_http proxy_balancer slotmem_shm status));
+ok($ok, 'conf/status-localhost.conf passes apache2 -t inside a <VirtualHost>') or diag $out;
 
 done_testing();
