@@ -21,7 +21,7 @@
  * SHA-256("balancer\0member"), which the provider turns into hex under the
  * "aoai-balancer:" namespace.  Its value is the window's end in epoch
  * milliseconds, in decimal: absolute, so it means the same on every host
- * whose clock is right (README: "Clocks").
+ * whose clock is right (docs/shared-cache.md: "Clocks").
  *
  * The cache's state (reachable, last sync, counters) lives in a small
  * shared segment so that any child's status page can show it.
