@@ -654,7 +654,7 @@ static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
             const char *err = aoai_credential_file_check(ptemp, cred);
             if (err) {
                 ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
-                             APLOGNO(10906) "AOAIMemberCredential %s bearer "
+                             AOAI_LOGNO(006) "AOAIMemberCredential %s bearer "
                              "file:%s in %s: %s", cred->route, cred->path,
                              balancer->s->name, err);
                 return !OK;
@@ -671,7 +671,7 @@ static int check_credential_routes(server_rec *s, apr_pool_t *ptemp,
             }
             if (j == balancer->workers->nelts) {
                 ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
-                             APLOGNO(10905) "%s %s: no BalancerMember of %s "
+                             AOAI_LOGNO(005) "%s %s: no BalancerMember of %s "
                              "has route=%s", directive, route,
                              balancer->s->name, route);
                 return !OK;
@@ -700,7 +700,7 @@ static apr_status_t needs_modules(server_rec *s, proxy_balancer *balancer,
     for (j = 0; j < sizeof(needed) / sizeof(needed[0]); j++) {
         if (!ap_find_linked_module(needed[j].source)) {
             ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0,
-                         s, APLOGNO(10903) "%s uses "
+                         s, AOAI_LOGNO(003) "%s uses "
                          "lbmethod=" AOAI_LBMETHOD_NAME ", which needs "
                          "LoadModule %s", balancer->s->name, needed[j].load);
             return APR_EGENERAL;
@@ -762,7 +762,7 @@ static int adopt_vhost_balancers(apr_pool_t *pconf, apr_pool_t *plog,
             }
             apr_cpystrn(copy->s->lbpname, AOAI_LBMETHOD_NAME,
                         sizeof(copy->s->lbpname));
-            ap_log_error(APLOG_MARK, APLOG_INFO, 0, vhost, APLOGNO(10907)
+            ap_log_error(APLOG_MARK, APLOG_INFO, 0, vhost, AOAI_LOGNO(007)
                          "%s, used in virtual host %s:%u, balances with "
                          "lbmethod=" AOAI_LBMETHOD_NAME " as the main "
                          "server defines it", copy->s->name,

@@ -366,7 +366,7 @@ sub children_rss_kb {
     }
     return ($total, scalar @kids);
 }
-my ($table_line) = $gw->error_log =~ /AH10904: (throttle table: .*)$/m;
+my ($table_line) = $gw->error_log =~ /AOAI004: (throttle table: .*)$/m;
 my ($slot_bytes) = ($table_line // '') =~ /slots of (\d+) bytes/;
 wrk("$gw_url/aoai$path", 2);
 my ($rss_before, $kids_before) = children_rss_kb();

@@ -45,6 +45,11 @@
 
 #include "apr_time.h"
 
+/* The module's own message numbers: "AOAI007: ...".  httpd's AHnnnnn
+ * numbers are httpd's registry, for the modules it ships.  Each number is
+ * used at one place (t/29_layers.t checks). */
+#define AOAI_LOGNO(n) "AOAI" #n ": "
+
 /* Provider names are limited to PROXY_MAX_PROVIDER_NAME_SIZE - 1 (15). */
 #define AOAI_LBMETHOD_NAME "aoai"
 

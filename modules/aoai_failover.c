@@ -338,7 +338,7 @@ static apr_status_t first_byte_filter(ap_filter_t *f, apr_bucket_brigade *bb,
         state->answered = 1;
     }
     else if (APR_STATUS_IS_TIMEUP(rv)) {
-        ap_log_cerror(APLOG_MARK, APLOG_INFO, rv, f->c, APLOGNO(10934)
+        ap_log_cerror(APLOG_MARK, APLOG_INFO, rv, f->c, AOAI_LOGNO(034)
                       "%s: member %s sent no answer within the first-byte "
                       "timeout of %" APR_TIME_T_FMT " ms",
                       state->balancer->s->name, state->worker->s->name_ex,
@@ -444,7 +444,7 @@ static void record_throttle(request_rec *r, aoai_request_state *state)
         return;
     }
     if (aoai_throttle_note_garbage(slot, bad_header != NULL)) {
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, APLOGNO(10920)
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, AOAI_LOGNO(020)
                       "%s: member %s sent an unusable %s header; using %s "
                       "(logged once until it sends a usable one)",
                       state->balancer->s->name, member_label(state->worker),
@@ -469,7 +469,7 @@ static void record_throttle(request_rec *r, aoai_request_state *state)
     if (r->status == HTTP_TOO_MANY_REQUESTS) {
         aoai_member_note_window(slot, now, window);
     }
-    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10921)
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(021)
                   "%s: member %s answered %d; throttled for %" APR_TIME_T_FMT
                   " ms", state->balancer->s->name,
                   member_label(state->worker), r->status,
@@ -682,7 +682,7 @@ static void note_tls_failure(request_rec *r, proxy_balancer *balancer,
     }
     worker->s->error_time = apr_time_now();
     worker->s->status |= PROXY_WORKER_IN_ERROR;
-    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, APLOGNO(10933)
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, AOAI_LOGNO(033)
                   "%s: TLS handshake with member %s (%s) failed; it stays "
                   "in error for %" APR_TIME_T_FMT " s (retry=); mod_ssl's "
                   "AH02276/AH02411 at LogLevel ssl:info give the reason",
@@ -826,7 +826,7 @@ static int send_exhausted(request_rec *r, aoai_request_state *state,
         message = "No backend deployment behind this gateway is available "
                   "right now. Please retry later.";
     }
-    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10922)
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(022)
                   "%s: no member left after %d attempt(s), %d throttled; "
                   "answering %d", state->balancer->s->name, state->attempts,
                   state->skipped_throttled->nelts, status);
@@ -852,7 +852,7 @@ static int send_over_key_quota(request_rec *r, aoai_request_state *state,
                    apr_psprintf(r->pool, "%" APR_INT64_T_FMT, wait_ms));
     apr_table_setn(r->err_headers_out, "x-ratelimit-remaining-tokens",
                    apr_psprintf(r->pool, "%" APR_INT64_T_FMT, remaining));
-    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10949)
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(049)
                   "%s: subscription key %s is over its %" APR_INT64_T_FMT
                   " tokens per minute (this call: about %" APR_INT64_T_FMT
                   ", left: %" APR_INT64_T_FMT "); answering 429",
@@ -882,7 +882,7 @@ static int credential_applied(request_rec *r, aoai_request_state *state,
     if (aoai_member_once_per(slot, AOAI_ONCE_CREDENTIAL, apr_time_now(),
                              worker->s->retry > 0 ? worker->s->retry
                                                   : apr_time_from_sec(60))) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, APLOGNO(10930)
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, AOAI_LOGNO(030)
                       "%s: member %s: its bearer token file %s is "
                       "unreadable, empty or not a token; the call goes to "
                       "the next member (logged once per retry interval, "
@@ -933,7 +933,7 @@ static int aoai_proxy_handler(request_rec *r)
         if (rc != OK) {
             aoai_scrub_client_key(r, conf, &uri);
             r->connection->keepalive = AP_CONN_CLOSE;   /* body unread */
-            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10927)
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(027)
                           "%s: refusing a call without a valid subscription "
                           "key", balancer->s->name);
             return send_apim_error(r, rc, why);
@@ -953,7 +953,7 @@ static int aoai_proxy_handler(request_rec *r)
             /* Unread bytes would be taken for the next request. */
             r->connection->keepalive = AP_CONN_CLOSE;
         }
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10923)
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(023)
                       "%s: refusing request before any member: %s",
                       balancer->s->name, why);
         return send_json_error(r, rc, apr_itoa(r->pool, rc), why);
@@ -964,7 +964,7 @@ static int aoai_proxy_handler(request_rec *r)
         state->first_byte_timeout = conf->first_byte_timeout;
     }
     if (aoai_deployment_route(r, state, uri) != OK) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10948)
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(048)
                       "%s: no member serves deployment %s",
                       balancer->s->name, state->deployment);
         return send_json_error(r, HTTP_NOT_FOUND, "DeploymentNotFound",
@@ -1039,7 +1039,7 @@ static int aoai_proxy_handler(request_rec *r)
             restore_response(r, &saved);
         }
 
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APLOGNO(10924)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, AOAI_LOGNO(024)
                       "%s: attempt %d on member %s", balancer->s->name,
                       state->attempts, member_label(worker));
         state->awaiting_first_byte = state->first_byte_timeout > 0;
@@ -1070,7 +1070,7 @@ static int aoai_proxy_handler(request_rec *r)
 
         if (outcome == AOAI_OUTCOME_DONE) {
             if (access_status == DECLINED) {
-                ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APLOGNO(10925)
+                ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, AOAI_LOGNO(025)
                               "%s: no scheme handler for member %s; is "
                               "mod_proxy_http (or mod_ssl for https) "
                               "loaded?", balancer->s->name,
@@ -1102,7 +1102,7 @@ static int aoai_proxy_handler(request_rec *r)
                                 ? HTTP_GATEWAY_TIME_OUT : HTTP_BAD_GATEWAY;
         aoai_member_count(aoai_throttle_slot(balancer, worker),
                           AOAI_COUNT_FAILOVERS, 1);
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, APLOGNO(10926)
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(026)
                       "%s: member %s failed (%s%d); trying the next member",
                       balancer->s->name, member_label(worker),
                       outcome == AOAI_OUTCOME_ANSWERED ? "answered "

@@ -74,7 +74,7 @@ int aoai_key_quota_take(request_rec *r, aoai_request_state *state,
         static int table_full_logged;
         if (!table_full_logged) {
             table_full_logged = 1;
-            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, APLOGNO(10947)
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, AOAI_LOGNO(047)
                           "the shared table has no free slot for the token "
                           "quota of subscription key %s: it is not "
                           "enforced; raise AOAIThrottleTableSize",

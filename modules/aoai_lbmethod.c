@@ -354,7 +354,7 @@ int aoai_lbmethod_post_config(server_rec *s)
 {
     retry_worker_fn = APR_RETRIEVE_OPTIONAL_FN(ap_proxy_retry_worker);
     if (!retry_worker_fn) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, APLOGNO(10910)
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, AOAI_LOGNO(010)
                      "mod_proxy must be loaded for lbmethod="
                      AOAI_LBMETHOD_NAME);
         return !OK;

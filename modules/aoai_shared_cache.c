@@ -358,7 +358,7 @@ static void note_unreachable(apr_status_t rv, const char *what)
     if (was != AOAI_CACHE_UNREACHABLE) {
         apr_atomic_set64(&cache.shared->unreachable_since, (apr_uint64_t)now);
         apr_atomic_set64(&cache.shared->last_reminder, (apr_uint64_t)now);
-        ap_log_error(APLOG_MARK, APLOG_ERR, rv, cache.server, APLOGNO(10935)
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, cache.server, AOAI_LOGNO(035)
                      "AOAISharedCache %s is unreachable (%s failed): "
                      "throttle windows are not shared with other gateways "
                      "until it answers again; this gateway goes on with "
@@ -373,7 +373,7 @@ static void note_unreachable(apr_status_t rv, const char *what)
             apr_time_t since = (apr_time_t)apr_atomic_read64(
                 &cache.shared->unreachable_since);
             ap_log_error(APLOG_MARK, APLOG_ERR, rv, cache.server,
-                         APLOGNO(10935) "AOAISharedCache %s is still "
+                         AOAI_LOGNO(050) "AOAISharedCache %s is still "
                          "unreachable, for %" APR_TIME_T_FMT " s now (%s "
                          "failed)", cache.provider_name,
                          apr_time_sec(now - since), what);
@@ -391,7 +391,7 @@ static void note_reachable(apr_time_t now)
         apr_time_t since = (apr_time_t)apr_atomic_read64(
             &cache.shared->unreachable_since);
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, cache.server,
-                     APLOGNO(10936) "AOAISharedCache %s is reachable again "
+                     AOAI_LOGNO(036) "AOAISharedCache %s is reachable again "
                      "after %" APR_TIME_T_FMT " ms; sharing throttle "
                      "windows resumes", cache.provider_name,
                      apr_time_as_msec(now - since));
@@ -409,7 +409,7 @@ static void note_garbage(const aoai_sync_member *member, const char *value,
                             (apr_uint64_t)now, last) != last) {
         return;
     }
-    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, cache.server, APLOGNO(10937)
+    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, cache.server, AOAI_LOGNO(037)
                  "AOAISharedCache %s holds '%.*s' for member %s of %s, "
                  "which is not a window's end in epoch milliseconds; "
                  "ignored (logged at most once a minute)",
@@ -488,7 +488,7 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
     }
     if (aoai_throttle_raise(member->slot, until)) {
         count(AOAI_CACHE_LEARNED);
-        ap_log_error(APLOG_MARK, APLOG_INFO, 0, cache.server, APLOGNO(10938)
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, cache.server, AOAI_LOGNO(038)
                      "%s: member %s is throttled for %" APR_TIME_T_FMT
                      " ms, as another gateway saw", member->balancer->s->name,
                      member->worker->s->name_ex,
@@ -644,7 +644,7 @@ void aoai_shared_cache_publish(request_rec *r, proxy_balancer *balancer,
     if (!job) {
         apr_thread_mutex_unlock(pub->lock);
         count(AOAI_CACHE_PUBLISH_FAILURES);
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APLOGNO(10939)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, AOAI_LOGNO(039)
                       "AOAISharedCache: %d windows already wait to be "
                       "stored; the window of %s is not shared",
                       AOAI_PUBLISH_QUEUE, worker->s->name_ex);
@@ -663,7 +663,7 @@ void aoai_shared_cache_publish(request_rec *r, proxy_balancer *balancer,
         apr_thread_cond_timedwait(pub->work_done, pub->lock, left);
     }
     if (pub->done_ticket < ticket) {
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, APLOGNO(10940)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, AOAI_LOGNO(040)
                       "AOAISharedCache: storing the window of %s takes "
                       "longer than AOAISharedCacheTimeout; not waiting",
                       worker->s->name_ex);
@@ -710,7 +710,7 @@ static void shared_cache_child_init(apr_pool_t *pchild, server_rec *s)
            != APR_SUCCESS
         || (rv = apr_thread_create(&pub->thread, NULL, publish_loop, pub,
                                    pool)) != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, APLOGNO(10941)
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s, AOAI_LOGNO(041)
                      "AOAISharedCache: could not start this child's "
                      "publisher thread; its 429s are not shared (the sync "
                      "still reads the other gateways')");
@@ -796,14 +796,14 @@ int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
     watchdog_get_instance = APR_RETRIEVE_OPTIONAL_FN(ap_watchdog_get_instance);
     watchdog_register = APR_RETRIEVE_OPTIONAL_FN(ap_watchdog_register_callback);
     if (!watchdog_get_instance || !watchdog_register) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, APLOGNO(10942)
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, AOAI_LOGNO(042)
                      "AOAISharedCache needs mod_watchdog (LoadModule "
                      "watchdog_module, where it is not built in)");
         return !OK;
     }
     rv = apr_shm_create(&shm, sizeof(aoai_cache_shared), NULL, pconf);
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10943)
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, AOAI_LOGNO(043)
                      "AOAISharedCache: could not create its status in "
                      "anonymous shared memory");
         return !OK;
@@ -817,7 +817,7 @@ int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
     rv = conf->cache_provider->init(conf->cache_instance, AOAI_CACHE_NAMESPACE,
                                     &cache_hints, s, pconf);
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10944)
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, AOAI_LOGNO(044)
                      "AOAISharedCache %s: the provider could not be set up",
                      conf->cache_provider_name);
         return !OK;
@@ -842,12 +842,12 @@ int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
                                sync_tick);
     }
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10945)
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, AOAI_LOGNO(045)
                      "AOAISharedCache: could not set up its mod_watchdog "
                      "task");
         return !OK;
     }
-    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, APLOGNO(10946)
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, AOAI_LOGNO(046)
                  "AOAISharedCache %s: %d members shared, read every %"
                  APR_TIME_T_FMT " ms, publish waits at most %" APR_TIME_T_FMT
                  " ms", cache.provider_name, cache.members->nelts,

@@ -511,7 +511,7 @@ static int status_handler(request_rec *r)
     text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(root);
     if (!text) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, APLOGNO(10932)
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, AOAI_LOGNO(032)
                       "could not serialize the balancer status");
         return HTTP_INTERNAL_SERVER_ERROR;
     }

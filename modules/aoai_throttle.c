@@ -170,7 +170,7 @@ static apr_status_t create_table(apr_pool_t *pool, int slot_count,
 
     rv = apr_shm_create(&shm, table_size(slot_count), NULL, pool);
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, APLOGNO(10901)
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, AOAI_LOGNO(001)
                      "could not create the throttle table (%d slots) in "
                      "anonymous shared memory", slot_count);
         return rv;
@@ -285,7 +285,7 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
         || retained->table->slot_count != (apr_uint32_t)table_slots
         || count_free(retained->table) < members) {
         if (members > table_slots / 2) {
-            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, APLOGNO(10902)
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, AOAI_LOGNO(002)
                          "AOAIThrottleTableSize %d is too small for the %d "
                          "balancer members (and growth slots) using "
                          "lbmethod=" AOAI_LBMETHOD_NAME "; set it to at "
@@ -299,7 +299,7 @@ apr_status_t aoai_throttle_post_config(apr_pool_t *pconf, server_rec *s,
     }
     table = retained->table;
     slot_by_worker = apr_hash_make(pconf);
-    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, APLOGNO(10904)
+    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, AOAI_LOGNO(004)
                  "throttle table: %u slots of %" APR_SIZE_T_FMT " bytes, "
                  "%" APR_SIZE_T_FMT " bytes of shared memory, %d configured "
                  "members", table->slot_count, sizeof(aoai_member_slot),
@@ -401,7 +401,7 @@ void aoai_member_note_served(request_rec *r, proxy_balancer *balancer,
     }
     else if (!table_full_logged) {
         table_full_logged = 1;
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, APLOGNO(10931)
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, AOAI_LOGNO(031)
                       "the shared table has no free slot for subscription "
                       "key %s on member %s: its tokens count on the member "
                       "only; raise AOAIThrottleTableSize", key_label,

@@ -82,9 +82,9 @@ for (1 .. 3) {
     sleep 0.35;    # past the 200 ms default window
 }
 is($mock->stats('gA')->{status}{429}, 3, 'gA really answered three 429s');
-my @warnings = $gw->error_log =~ /AH10920: balancer:\/\/garbage: member gA/g;
+my @warnings = $gw->error_log =~ /AOAI020: balancer:\/\/garbage: member gA/g;
 is(scalar @warnings, 1, 'an unusable header is logged once, not per request');
-like($gw->error_log, qr/AH10920.*gA sent an unusable retry-after-ms header/,
+like($gw->error_log, qr/AOAI020.*gA sent an unusable retry-after-ms header/,
      'the warning names the member and the header');
 
 $gw->stop;

@@ -50,7 +50,7 @@ like($out, qr/AOAIThrottleTableSize: '3' is not a number of slots from 16 to 655
 # lbmethod=aoai without the modules a balancer needs
 ($ok, $out) = configtest($proxy->(''), qw(authz_core proxy proxy_http));
 ok(!$ok, 'apache2 -t fails for lbmethod=aoai without mod_proxy_balancer');
-like($out, qr/AH10903: balancer:\/\/aoai uses lbmethod=aoai, which needs LoadModule proxy_balancer_module/,
+like($out, qr/AOAI003: balancer:\/\/aoai uses lbmethod=aoai, which needs LoadModule proxy_balancer_module/,
      '  and names the missing module');
 ($ok, $out) = configtest($proxy->(''), qw(authz_core proxy proxy_balancer slotmem_shm));
 ok(!$ok, 'apache2 -t fails for lbmethod=aoai without mod_proxy_http');

@@ -124,7 +124,7 @@ is($mock->stats('open')->{last_bearer}, 'absent', "the next member gets neither 
 unlink "$secrets/bearer.token";
 $res = chat($gw, path => "/entra$CHAT_PATH");
 is($res->{headers}{'x-aoai-backend'}, 'open', 'token file gone: the call fails over instead of failing');
-like($gw->error_log, qr/AH10930: balancer:\/\/entra: member entra: its bearer token file \S+ is unreadable/, 'and the error log says why');
+like($gw->error_log, qr/AOAI030: balancer:\/\/entra: member entra: its bearer token file \S+ is unreadable/, 'and the error log says why');
 
 # Secrets never reach a log
 $gw->stop;
@@ -153,7 +153,7 @@ like($out, qr/AOAISubscriptionKeyFile .*missing: cannot be read/, 'a missing key
 like($out, qr/from file:\/path or env:NAME, never inline/, 'an inline credential is refused');
 ($ok, $out) = configtest("<Proxy balancer://b>\nBalancerMember http://127.0.0.1:9 route=a\n"
                          . "AOAIMemberCredential zz api-key env:HOME\n</Proxy>\n");
-like($out, qr/AH10905: AOAIMemberCredential zz: no BalancerMember of balancer:\/\/b has route=zz/,
+like($out, qr/AOAI005: AOAIMemberCredential zz: no BalancerMember of balancer:\/\/b has route=zz/,
      'a credential for an unknown route is refused');
 ($ok, $out) = configtest("<Proxy balancer://b>\nBalancerMember http://127.0.0.1:9 route=a\n"
                          . "AOAIMemberCredential a api-key env:AOAI_NOT_SET_ANYWHERE\n</Proxy>\n");

@@ -105,7 +105,7 @@ for my $bad (qw(wrongname expired rogue)) {
 }
 my $log = $gw->error_log;
 for my $bad (qw(wrongname expired rogue)) {
-    my @lines = $log =~ /^.*AH10933: balancer:\/\/$bad: TLS handshake with member $bad \(\Q$host{$bad}\E\) failed.*$/mg;
+    my @lines = $log =~ /^.*AOAI033: balancer:\/\/$bad: TLS handshake with member $bad \(\Q$host{$bad}\E\) failed.*$/mg;
     is(scalar @lines, 1, "$bad: the module names the member once in 4 calls (in error for retry=30)");
 }
 like($log, qr/AH02411: SSL Proxy: Peer certificate does not match for hostname wrongname\.openai\.test/,

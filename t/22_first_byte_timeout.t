@@ -58,8 +58,8 @@ ok($took >= 0.7 && $took < 2.3, sprintf('  after the first-byte timeout, not the
 is($mock->stats('slow')->{requests}, 1, '  the slow member did get the call');
 my @log = access_log_records($gw, 1);
 is($log[-1]{attempts}, 2, '  two attempts in the access log');
-like($gw->error_log, qr/AH10934: balancer:\/\/aoai: member \Q$url{slow}\E sent no answer within the first-byte timeout of 800 ms/,
-     '  and the error log says why (AH10934)');
+like($gw->error_log, qr/AOAI034: balancer:\/\/aoai: member \Q$url{slow}\E sent no answer within the first-byte timeout of 800 ms/,
+     '  and the error log says why (AOAI034)');
 
 # Not streamed: the default leaves long non-streamed answers alone.
 ($res, $took) = timed();

@@ -5,13 +5,13 @@
 #        sync and never calls that member, and both status pages say so;
 #   d    the cache stopped: both gateways keep serving, a 429 still fails
 #        over at once, the status says unreachable and each error_log has
-#        one AH10935, not one per sync;
-#   e    the cache back on the same port: reachable again (AH10936), the
+#        one AOAI035, not one per sync;
+#   e    the cache back on the same port: reachable again (AOAI036), the
 #        window A opened during the outage reaches B, and a new window
 #        flows from A to B again (B then answers 429 asking no member);
 #        (a-e through redis and through memcached)
 #   f    garbage under a member's key: rejected, counted, logged once
-#        (AH10937), never a crash or a parked member; a window a day ahead
+#        (AOAI037), never a crash or a parked member; a window a day ahead
 #        parks the member no longer than AOAIThrottleMax; one in the past
 #        is ignored;
 #   g    a cache that accepts and never answers: the request that met a 429
@@ -276,9 +276,9 @@ sub shared_windows {
         . shared($B)->{sync_failures} . " on B)");
     cmp_ok(shared($A)->{publish_failures}, '>=', 1, "$t   A counts the window it could not publish");
     for my $gw ($A, $B) {
-        is(log_count($gw, qr/AH10935/), 1, "$t $gw->{name} logged AH10935 once, not once per sync")
-            or diag log_lines($gw, qr/AH10935/);
-        like(log_lines($gw, qr/AH10935/), qr/unreachable/, "$t   saying unreachable");
+        is(log_count($gw, qr/AOAI035/), 1, "$t $gw->{name} logged AOAI035 once, not once per sync")
+            or diag log_lines($gw, qr/AOAI035/);
+        like(log_lines($gw, qr/AOAI035/), qr/unreachable/, "$t   saying unreachable");
     }
 
     # e. The cache back, on the same port.
@@ -293,7 +293,7 @@ sub shared_windows {
     cmp_ok(time - $restarted, '<', 7,
            "$t   within 7 s (the provider holds a failed server for dead 5 s)");
     for my $gw ($A, $B) {
-        like(log_lines($gw, qr/AH10936/), qr/reachable again/, "$t   $gw->{name} logged AH10936");
+        like(log_lines($gw, qr/AOAI036/), qr/reachable again/, "$t   $gw->{name} logged AOAI036");
     }
     # The window A opened while the cache was down, whose store failed, is
     # stored by A's sync once the cache is back, and B learns it.
@@ -372,8 +372,8 @@ $memcached->stop;
         is($res->{status}, 200, "  calls are served");
         is(member($F, 'tertiary')->{state}, 'ok', '  the tertiary is not parked');
     }
-    is(log_count($F, qr/AH10937/), 1, 'garbage: AH10937 logged once for four bad values')
-        or diag log_lines($F, qr/AH10937/);
+    is(log_count($F, qr/AOAI037/), 1, 'garbage: AOAI037 logged once for four bad values')
+        or diag log_lines($F, qr/AOAI037/);
     ok(shared($F)->{reachable}, 'garbage: the cache is still reachable');
 
     # A window a day ahead: parked for AOAIThrottleMax (20 s) at most.

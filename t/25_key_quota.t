@@ -7,7 +7,7 @@
 #     member's;
 #   - a call whose estimate does not fit: 429 from the gateway, Retry-After
 #     and retry-after-ms for the end of the key's minute, the key's
-#     remaining tokens (never below 0), API Management's body, AH10949 at
+#     remaining tokens (never below 0), API Management's body, AOAI049 at
 #     info, and no member called;
 #   - keys are independent; a key's own line wins over the line for every
 #     key, both ways; with labelled lines only, other keys are unlimited;
@@ -126,7 +126,7 @@ sub call {
 }
 sub remaining { $_[0]{headers}{'x-ratelimit-remaining-tokens'} }
 sub used      { $_[0]{json}{usage}{total_tokens} }
-sub ah10949   { scalar(() = $_[0]->error_log =~ /AH10949/g) }
+sub ah10949   { scalar(() = $_[0]->error_log =~ /AOAI049/g) }
 my $res;
 
 my $gw = start_gateway(conf => gateway_conf(''));
@@ -183,8 +183,8 @@ is_deeply($refused->{json}, { statusCode => 429,
 is($refused->{log}{status}, 429, '  logged as 429');
 is($refused->{log}{backend}, '-', '  with no member');
 is($refused->{log}{attempts}, 0, '  and no attempt');
-is(ah10949($gw), 1, 'one AH10949 line for the one refusal');
-like($gw->error_log, qr/\[aoai_balancer:info\][^\n]*AH10949:[^\n]*team_a/, '  at info, naming the key label');
+is(ah10949($gw), 1, 'one AOAI049 line for the one refusal');
+like($gw->error_log, qr/\[aoai_balancer:info\][^\n]*AOAI049:[^\n]*team_a/, '  at info, naming the key label');
 unlike($gw->error_log, qr/\Q$key{team_a}\E/, '  and never the key itself');
 
 # The refusal is about that call's estimate: a call small enough for what
@@ -353,7 +353,7 @@ my $burst_refused = 0;
 }
 
 is(ah10949($gw), 2 + 1 + 1 + $burst_refused + 1,
-   'one AH10949 line per refusal: team_a twice, team_e, team_g, the burst, team_c after it');
+   'one AOAI049 line per refusal: team_a twice, team_e, team_g, the burst, team_c after it');
 $gw->stop;
 
 # ---------------------------------------------------------------------

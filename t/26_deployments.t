@@ -7,7 +7,7 @@
 #     first and on failover, and each gets its own name in the path, the
 #     rest of the path and the query unchanged;
 #   - a deployment no member serves: Azure's 404 DeploymentNotFound from the
-#     gateway, no member called, AH10948 at info;
+#     gateway, no member called, AOAI048 at info;
 #   - paths without /deployments/ are not filtered;
 #   - bad lines fail apache2 -t.
 use strict;
@@ -182,7 +182,7 @@ is_deeply(delta($before), { east => 0, west => 1, north => 1 }, '  after west\'s
 # strict: every member declares.
 $mock->reset;
 $before = counts();
-my $errors_before = () = $gw->error_log =~ /AH10948/g;
+my $errors_before = () = $gw->error_log =~ /AOAI048/g;
 for my $deployment ('nope', 'gpt-35-turbo-16k', 'gpt-4') {
     $res = call($deployment, '/strict');
     is($res->{status}, 404, "strict: $deployment, which no member serves: 404");
@@ -193,11 +193,11 @@ for my $deployment ('nope', 'gpt-35-turbo-16k', 'gpt-4') {
         "  Azure's DeploymentNotFound") or diag $res->{content};
     is(backend($res), '(none)', '  no member named in x-aoai-backend');
     is($res->{log}{backend}, '-', '  nor in the access log');
-    like($gw->error_log, qr/\[aoai_balancer:info\][^\n]*AH10948:[^\n]*\Q$deployment\E/,
-         "  AH10948 at info, naming $deployment");
+    like($gw->error_log, qr/\[aoai_balancer:info\][^\n]*AOAI048:[^\n]*\Q$deployment\E/,
+         "  AOAI048 at info, naming $deployment");
 }
 is_deeply(delta($before), { east => 0, west => 0, north => 0 }, 'no member was called for them');
-is(scalar(() = $gw->error_log =~ /AH10948/g) - $errors_before, 3, 'one AH10948 line each');
+is(scalar(() = $gw->error_log =~ /AOAI048/g) - $errors_before, 3, 'one AOAI048 line each');
 
 $before = counts();
 $res = call('ada', '/strict');

@@ -162,7 +162,7 @@ subtest 'unusable member credential' => sub {
     is($mock->stats('entra')->{requests}, 0, 'the member was never sent a call without its credential');
     is(member_status('solo', 'entra')->{requests}, 0, '  and its requests counter says so');
     ok(member_status('fallback', 'entra')->{failovers} >= 1, '  each such attempt is a failover from it');
-    my @lines = grep { /AH10930/ } split /\n/, $gw->error_log;
+    my @lines = grep { /AOAI030/ } split /\n/, $gw->error_log;
     is(scalar(grep { /balancer:\/\/solo/ } @lines), 1, 'logged once per retry interval, not per call');
     like($lines[0] // '', qr/member entra: its bearer token file \Q$token_file\E is unreadable/,
          '  naming the member and the file');
@@ -261,7 +261,7 @@ subtest 'balancer used from a virtual host' => sub {
     $logged++;
     is($res->{status}, 200, 'through the virtual host, the 429 is failed over: 200');
     is($res->{headers}{'x-aoai-backend'}, 'farm0', '  by the next member, named as by the module');
-    like($gw->error_log, qr/AH10907: balancer:\/\/aoai, used in virtual host \S+:$vhost_port, balances with lbmethod=aoai/,
+    like($gw->error_log, qr/AOAI007: balancer:\/\/aoai, used in virtual host \S+:$vhost_port, balances with lbmethod=aoai/,
          '  and the start-up log says the virtual host balances with aoai');
     $res = logged_call();
     is($res->{headers}{'x-aoai-backend'}, 'farm0', 'the main server sees the same window');

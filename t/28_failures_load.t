@@ -132,7 +132,7 @@ subtest 'redis restarted under load' => sub {
     });
     diag sprintf 'both gateways reached redis again %.0f ms after it restarted', 1000 * (time - $back);
     is($served, $calls, "every call served through the restart ($calls)");
-    my $reach_logged = () = error_lines($gw{A}, qr/AH10935|AH10936/);
+    my $reach_logged = () = error_lines($gw{A}, qr/AOAI035|AOAI050|AOAI036/);
     my $failures = $shared->($gw{A})->{publish_failures};
 
     for my $pid (@children) {
@@ -141,7 +141,7 @@ subtest 'redis restarted under load' => sub {
         ok($learned, "  B learned that window (no stale connection lost it)");
     }
     is($shared->($gw{A})->{publish_failures}, $failures, "none of A's stores after the restart failed");
-    my @late = (error_lines($gw{A}, qr/AH10935|AH10936/))[$reach_logged .. 99];
+    my @late = (error_lines($gw{A}, qr/AOAI035|AOAI050|AOAI036/))[$reach_logged .. 99];
     @late = grep { defined } @late;
     is(scalar @late, 0, 'no "unreachable" logged by A while redis was up') or diag join "\n", @late;
     $_->stop for values %gw;
