@@ -19,15 +19,20 @@ APACHECTL ?= apachectl
 PREFIX   ?= /usr/local
 BINDIR   ?= $(PREFIX)/bin
 WARNINGS  = -Wall -Wextra -Werror
-SOURCES   = mod_aoai_balancer.c modules/aoai_lbmethod.c modules/aoai_throttle.c \
-            modules/aoai_ratelimit_headers.c modules/aoai_keyfile.c \
-            modules/aoai_window.c \
-            modules/aoai_front_door.c \
-            modules/aoai_failover.c \
-            modules/aoai_usage.c modules/aoai_status.c \
-            modules/aoai_shared_cache.c modules/aoai_headroom.c \
-            modules/aoai_key_quota.c modules/aoai_deployments.c
-HEADERS   = modules/aoai_balancer.h
+# From the bottom layer up (mod_aoai_balancer.c names the layers).
+APR_ONLY  = modules/aoai_window.c modules/aoai_ratelimit.c modules/aoai_json.c \
+            modules/aoai_usage.c modules/aoai_keyfile.c
+SOURCES   = $(APR_ONLY) \
+            modules/aoai_config.c modules/aoai_balancers.c modules/aoai_table.c \
+            modules/aoai_request.c \
+            modules/aoai_headroom.c modules/aoai_key_quota.c \
+            modules/aoai_deployments.c modules/aoai_front_door.c \
+            modules/aoai_shared_cache.c modules/aoai_throttle.c \
+            modules/aoai_lbmethod.c modules/aoai_kept_body.c \
+            modules/aoai_first_byte.c modules/aoai_answers.c \
+            modules/aoai_failover.c modules/aoai_status.c \
+            mod_aoai_balancer.c
+HEADERS   = $(wildcard modules/*.h)
 MOCK_SRC  = t/mock/mod_aoai_mock.c
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g -O1
 

@@ -9,7 +9,7 @@
 
 #include "apr_general.h"
 #include "apr_pools.h"
-#include "aoai_balancer.h"
+#include "aoai_keyfile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fclose(file);
 
     apr_pool_create(&pool, root);
-    err = aoai_keys_load(pool, path, &keys);
+    err = aoai_keyfile_load(pool, path, &keys);
     if (!err) {
         int i;
         if (!keys || keys->keys->nelts < 1) {

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "apr_general.h"
-#include "aoai_balancer.h"
+#include "aoai_usage.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

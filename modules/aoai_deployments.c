@@ -17,10 +17,14 @@
  * Azure's 404 from the gateway.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_deployments.h"
+#include "aoai_balancers.h"
 
 #include "apr_lib.h"
 #include "apr_strings.h"
+#include "http_log.h"
+
+APLOG_USE_MODULE(aoai_balancer);
 
 /* Azure's deployment names: letters, digits, '-', '_', '.'. */
 static int is_deployment_name(const char *name)
@@ -35,13 +39,18 @@ static int is_deployment_name(const char *name)
     return p != name && p - name <= 64;
 }
 
-const char *aoai_deployment_parse(cmd_parms *cmd, aoai_dir_conf *conf,
-                                  const char *route, const char *name,
-                                  const char *member_name)
+const char *aoai_deployments_set(cmd_parms *cmd, void *dconf,
+                                 const char *route, const char *name,
+                                 const char *member_name)
 {
+    aoai_dir_conf *conf = dconf;
     aoai_deployment *deployment;
+    const char *err = aoai_config_in_balancer_section(cmd);
     int i;
 
+    if (err) {
+        return err;
+    }
     if (!member_name) {
         member_name = name;
     }
@@ -103,30 +112,28 @@ static const char *deployment_in(apr_pool_t *pool, const char *path,
 
 /* Which members serve the call's deployment, and by which name.  Returns
  * OK, or HTTP_NOT_FOUND when none does. */
-int aoai_deployment_route(request_rec *r, aoai_request_state *state,
-                          const char *uri)
+int aoai_deployments_route(aoai_call *call, const char *uri)
 {
-    const apr_array_header_t *declared = state->conf->deployments;
-    proxy_balancer *balancer = state->balancer;
+    const apr_array_header_t *declared = call->conf->deployments;
+    aoai_route *route_of_call = &call->route;
+    proxy_balancer *balancer = call->balancer;
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
     const char *start;
     apr_size_t length;
     int i, j, serving = 0;
 
     if (!declared
-        || !(state->deployment = deployment_in(r->pool, uri, &start,
-                                               &length))) {
+        || !(route_of_call->name = deployment_in(call->r->pool, uri, &start,
+                                                 &length))) {
         return OK;
     }
-    state->deployment_slots = balancer->max_workers > balancer->workers->nelts
-                              ? balancer->max_workers
-                              : balancer->workers->nelts;
-    state->deployment_at_member = apr_pcalloc(r->pool,
-        state->deployment_slots * sizeof(*state->deployment_at_member));
+    route_of_call->slots = aoai_balancers_slots(balancer);
+    route_of_call->at_member = apr_pcalloc(call->r->pool,
+        route_of_call->slots * sizeof(*route_of_call->at_member));
     for (i = 0; i < balancer->workers->nelts; i++) {
         const char *route = workers[i]->s->route;
         /* Declaring nothing is serving everything under its own name. */
-        const char *at_member = state->deployment;
+        const char *at_member = route_of_call->name;
 
         for (j = 0; j < declared->nelts; j++) {
             const aoai_deployment *d = &APR_ARRAY_IDX(declared, j,
@@ -135,45 +142,75 @@ int aoai_deployment_route(request_rec *r, aoai_request_state *state,
                 continue;
             }
             at_member = NULL;
-            if (!ap_cstr_casecmp(d->name, state->deployment)) {
+            if (!ap_cstr_casecmp(d->name, route_of_call->name)) {
                 at_member = d->member_name;
                 break;
             }
         }
         if (at_member && workers[i]->s->index >= 0
-            && workers[i]->s->index < state->deployment_slots) {
-            state->deployment_at_member[workers[i]->s->index] = at_member;
+            && workers[i]->s->index < route_of_call->slots) {
+            route_of_call->at_member[workers[i]->s->index] = at_member;
             serving++;
         }
     }
     return serving ? OK : HTTP_NOT_FOUND;
 }
 
-int aoai_member_serves(const aoai_request_state *state, proxy_worker *worker)
+int aoai_deployments_serves(const aoai_call *call, const proxy_worker *worker)
 {
-    if (!state || !state->deployment_at_member) {
+    const aoai_route *route = &call->route;
+
+    if (!route->at_member) {
         return 1;
     }
-    return worker->s->index >= 0 && worker->s->index < state->deployment_slots
-           && state->deployment_at_member[worker->s->index] != NULL;
+    return worker->s->index >= 0 && worker->s->index < route->slots
+           && route->at_member[worker->s->index] != NULL;
 }
 
 /* The URL mod_proxy_balancer made for this member, with the member's name
  * for the deployment. */
-char *aoai_deployment_url(request_rec *r, aoai_request_state *state,
-                          proxy_worker *worker, char *url)
+char *aoai_deployments_url(aoai_call *call, const proxy_worker *worker,
+                           char *url)
 {
     const char *at_member, *start;
     apr_size_t length;
 
-    if (!state->deployment_at_member || !aoai_member_serves(state, worker)) {
+    if (!call->route.at_member || !aoai_deployments_serves(call, worker)) {
         return url;
     }
-    at_member = state->deployment_at_member[worker->s->index];
-    if (!deployment_in(r->pool, url, &start, &length)
+    at_member = call->route.at_member[worker->s->index];
+    if (!deployment_in(call->r->pool, url, &start, &length)
         || (length == strlen(at_member) && !memcmp(start, at_member, length))) {
         return url;
     }
-    return apr_pstrcat(r->pool, apr_pstrmemdup(r->pool, url, start - url),
+    return apr_pstrcat(call->r->pool,
+                       apr_pstrmemdup(call->r->pool, url, start - url),
                        at_member, start + length, NULL);
+}
+
+/* A deployment declared for a route no member of the balancer has would
+ * silently never be used. */
+static int check_routes(server_rec *s, proxy_balancer *balancer,
+                        const aoai_dir_conf *conf, void *baton)
+{
+    int i;
+
+    (void)baton;
+    for (i = 0; conf->deployments && i < conf->deployments->nelts; i++) {
+        const char *route = APR_ARRAY_IDX(conf->deployments, i,
+                                          aoai_deployment).route;
+        if (!aoai_balancers_has_route(balancer, route)) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                         AOAI_LOGNO(051) "AOAIDeployment %s: no "
+                         "BalancerMember of %s has route=%s", route,
+                         balancer->s->name, route);
+            return !OK;
+        }
+    }
+    return OK;
+}
+
+int aoai_deployments_check(server_rec *s, apr_pool_t *ptemp)
+{
+    return aoai_config_each_section(s, ptemp, check_routes, NULL);
 }

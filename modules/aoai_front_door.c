@@ -21,7 +21,8 @@
  * No value is ever logged; log lines name the label, the member, the file.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_front_door.h"
+#include "aoai_balancers.h"
 
 #include "apr_lib.h"
 #include "apr_strings.h"
@@ -126,7 +127,7 @@ static char *without_key_params(apr_pool_t *pool, const char *text)
 /* Takes every form of caller credential out of the request: no key or
  * token the client presented reaches a member, the access log (%r, %q,
  * %U%q) or an error log line. */
-void aoai_scrub_client_key(request_rec *r, const aoai_dir_conf *conf,
+void aoai_front_door_scrub(request_rec *r, const aoai_dir_conf *conf,
                            const char **member_uri)
 {
     char *scrubbed;
@@ -155,8 +156,8 @@ void aoai_scrub_client_key(request_rec *r, const aoai_dir_conf *conf,
 }
 
 /* OK with *label set, or HTTP_UNAUTHORIZED with *why for the client. */
-int aoai_check_subscription_key(request_rec *r, const aoai_dir_conf *conf,
-                                const char **label, const char **why)
+int aoai_front_door_check_key(request_rec *r, const aoai_dir_conf *conf,
+                              const char **label, const char **why)
 {
     const char *presented = NULL;
     unsigned char digest[EVP_MAX_MD_SIZE];
@@ -261,10 +262,10 @@ static apr_status_t read_small_file(apr_pool_t *pool, const char *path,
  * "route bearer file:/path".  An api-key is read now, by the parent
  * (files may be readable by root only); a bearer token is read on every
  * attempt, by the child, so the file must be readable by httpd's User. */
-const char *aoai_member_credential_parse(cmd_parms *cmd,
-                                         aoai_member_credential *cred,
-                                         const char *route, const char *kind,
-                                         const char *source)
+static const char *parse_credential(cmd_parms *cmd,
+                                    aoai_member_credential *cred,
+                                    const char *route, const char *kind,
+                                    const char *source)
 {
     const char *name = cmd->cmd->name;
 
@@ -369,8 +370,8 @@ static const char *who_runs_children(apr_pool_t *pool)
  * start-up: `apachectl -t` says now if they could not read it.  NULL when
  * the file is there, not empty, and readable by the children's user
  * through every directory above it. */
-const char *aoai_credential_file_check(apr_pool_t *pool,
-                                       const aoai_member_credential *cred)
+static const char *check_credential_file(apr_pool_t *pool,
+                                         const aoai_member_credential *cred)
 {
     struct stat st;
     char *dir = apr_pstrdup(pool, cred->path);
@@ -428,10 +429,10 @@ static const aoai_member_credential *credential_for(const aoai_dir_conf *conf,
  * previous attempt's member got.  Returns APR_SUCCESS, or why a bearer
  * token file cannot be used, with *file naming it: the attempt then
  * fails over, and the caller logs it (never the token). */
-apr_status_t aoai_apply_member_credential(request_rec *r,
-                                          const aoai_dir_conf *conf,
-                                          proxy_worker *worker,
-                                          const char **file)
+apr_status_t aoai_front_door_credential(request_rec *r,
+                                        const aoai_dir_conf *conf,
+                                        proxy_worker *worker,
+                                        const char **file)
 {
     const aoai_member_credential *cred = credential_for(conf, worker);
     const char *token;
@@ -457,4 +458,102 @@ apr_status_t aoai_apply_member_credential(request_rec *r,
     apr_table_setn(r->headers_in, "Authorization",
                    apr_pstrcat(r->pool, "Bearer ", token, NULL));
     return APR_SUCCESS;
+}
+
+/* ------------------------------------------------------------------ */
+/* Directives and their start-up checks                                 */
+
+const char *aoai_front_door_set_key_file(cmd_parms *cmd, void *dconf,
+                                         const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+    const char *err;
+
+    conf->keys_set = 1;
+    if (!strcasecmp(arg, "none")) {
+        conf->keys = NULL;
+        return NULL;
+    }
+    err = aoai_keyfile_load(cmd->pool, ap_server_root_relative(cmd->pool, arg),
+                         &conf->keys);
+    return err ? apr_pstrcat(cmd->pool, "AOAISubscriptionKeyFile ", err, NULL)
+               : NULL;
+}
+
+const char *aoai_front_door_set_key_header(cmd_parms *cmd, void *dconf,
+                                           const char *arg)
+{
+    aoai_dir_conf *conf = dconf;
+
+    if (!aoai_config_header_name_ok(arg)) {
+        return apr_psprintf(cmd->pool, "AOAISubscriptionKeyHeader: '%s' is "
+                            "not a valid header name", arg);
+    }
+    conf->key_header = arg;
+    conf->key_header_set = 1;
+    return NULL;
+}
+
+const char *aoai_front_door_set_credential(cmd_parms *cmd, void *dconf,
+                                           const char *route,
+                                           const char *kind,
+                                           const char *source)
+{
+    aoai_dir_conf *conf = dconf;
+    aoai_member_credential *cred;
+    const char *err = aoai_config_in_balancer_section(cmd);
+    int i;
+
+    if (err) {
+        return err;
+    }
+    if (!conf->credentials) {
+        conf->credentials = apr_array_make(cmd->pool, 4, sizeof(*cred));
+    }
+    for (i = 0; i < conf->credentials->nelts; i++) {
+        if (!strcmp(APR_ARRAY_IDX(conf->credentials, i,
+                                  aoai_member_credential).route, route)) {
+            return apr_psprintf(cmd->pool, "AOAIMemberCredential %s: this "
+                                "member already has a credential", route);
+        }
+    }
+    cred = apr_array_push(conf->credentials);
+    return parse_credential(cmd, cred, route, kind, source);
+}
+
+/* A credential for a route that no member of its balancer has would
+ * silently never be used; a bearer file the children cannot read would
+ * fail every call of the member. */
+static int check_credentials(server_rec *s, proxy_balancer *balancer,
+                             const aoai_dir_conf *conf, void *baton)
+{
+    apr_pool_t *ptemp = baton;
+    int i;
+
+    for (i = 0; conf->credentials && i < conf->credentials->nelts; i++) {
+        const aoai_member_credential *cred = &APR_ARRAY_IDX(
+            conf->credentials, i, aoai_member_credential);
+        const char *err = check_credential_file(ptemp, cred);
+
+        if (err) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                         AOAI_LOGNO(006) "AOAIMemberCredential %s bearer "
+                         "file:%s in %s: %s", cred->route, cred->path,
+                         balancer->s->name, err);
+            return !OK;
+        }
+        if (!aoai_balancers_has_route(balancer, cred->route)) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                         AOAI_LOGNO(005) "AOAIMemberCredential %s: no "
+                         "BalancerMember of %s has route=%s", cred->route,
+                         balancer->s->name, cred->route);
+            return !OK;
+        }
+    }
+    return OK;
+}
+
+int aoai_front_door_check(server_rec *s, apr_pool_t *ptemp)
+{
+    return aoai_config_each_section(s, ptemp, check_credentials, ptemp);
 }

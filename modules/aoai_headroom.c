@@ -23,15 +23,14 @@
  * calls sent since.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_headroom.h"
+#include "aoai_ratelimit.h"
 
 #include "apr_atomic.h"
 #include "apr_lib.h"
 #include "apr_strings.h"
 
-#include <jansson.h>
-
-APLOG_USE_MODULE(aoai_balancer);
+#include <errno.h>
 
 static const char *const remaining_header[AOAI_HEADROOM_KINDS] = {
     "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"
@@ -40,34 +39,6 @@ static const char *const limit_header[AOAI_HEADROOM_KINDS] = {
     "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"
 };
 
-/* Plain non-negative decimal, at most 12 digits; anything else is not a
- * figure to steer by. */
-static int parse_figure(const char *value, apr_int64_t *figure)
-{
-    apr_int64_t n = 0;
-    int digits = 0;
-
-    if (!value) {
-        return 0;
-    }
-    while (*value == ' ' || *value == '\t') {
-        value++;
-    }
-    for (; apr_isdigit(*value); value++) {
-        if (++digits > 12) {
-            return 0;
-        }
-        n = n * 10 + (*value - '0');
-    }
-    while (*value == ' ' || *value == '\t') {
-        value++;
-    }
-    if (!digits || *value) {
-        return 0;
-    }
-    *figure = n;
-    return 1;
-}
 
 int aoai_headroom_enabled(const aoai_dir_conf *conf)
 {
@@ -79,7 +50,7 @@ int aoai_headroom_enabled(const aoai_dir_conf *conf)
 void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
                         const aoai_dir_conf *conf, apr_time_t now)
 {
-    aoai_headroom_shared *headroom = aoai_member_headroom(slot);
+    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
     int kind;
 
     if (!headroom) {
@@ -90,7 +61,7 @@ void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
         apr_int64_t figure, limit, previous;
         apr_uint64_t window_start;
 
-        if (!parse_figure(apr_table_get(r->headers_out,
+        if (!aoai_ratelimit_figure(apr_table_get(r->headers_out,
                                         remaining_header[kind]), &figure)) {
             continue;
         }
@@ -115,7 +86,7 @@ void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
                 }
             }
         }
-        if (!parse_figure(apr_table_get(r->headers_out, limit_header[kind]),
+        if (!aoai_ratelimit_figure(apr_table_get(r->headers_out, limit_header[kind]),
                           &limit)) {
             limit = figure;
         }
@@ -129,7 +100,7 @@ void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
  * known of its headroom. */
 void aoai_headroom_forget(aoai_member_slot *slot)
 {
-    aoai_headroom_shared *headroom = aoai_member_headroom(slot);
+    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
     int kind;
 
     for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
@@ -169,7 +140,7 @@ static apr_int64_t cost(int kind, apr_int64_t token_estimate)
 int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,
                          apr_int64_t token_estimate, apr_time_t now)
 {
-    aoai_headroom_shared *headroom = aoai_member_headroom(slot);
+    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
     int kind;
 
     if (!headroom) {
@@ -196,7 +167,7 @@ int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
                        apr_int64_t token_estimate, apr_time_t now,
                        int only_above_floor)
 {
-    aoai_headroom_shared *headroom = aoai_member_headroom(slot);
+    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
     apr_int64_t taken[AOAI_HEADROOM_KINDS] = { 0, 0 };
     int kind;
 
@@ -232,38 +203,67 @@ int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
     return 1;
 }
 
-/* What a call will cost in tokens, before a member says: its prompt,
- * taken as a token per four bytes of the body (JSON's own syntax makes
- * that generous, which is the side to err on), plus the completion it
- * asks for at most. */
-apr_int64_t aoai_token_estimate(const char *body, apr_size_t length)
+/* ------------------------------------------------------------------ */
+/* AOAIHeadroomFloor, AOAIHeadroomWindow                                */
+
+static int headroom_kind(const char *word)
 {
-    static const char *const completion_keys[] = {
-        "max_tokens", "max_completion_tokens"
-    };
-    apr_int64_t estimate = (apr_int64_t)(length / 4) + 1;
-    apr_size_t i;
-
-    for (i = 0; i < sizeof(completion_keys) / sizeof(completion_keys[0]);
-         i++) {
-        const char *value;
-        apr_size_t value_length;
-        json_t *parsed;
-
-        if (!length || !memmem(body, length, completion_keys[i],
-                               strlen(completion_keys[i]))
-            || !aoai_json_top_level(body, length, completion_keys[i], &value,
-                                    &value_length)) {
-            continue;
-        }
-        parsed = json_loadb(value, value_length, JSON_DECODE_ANY, NULL);
-        if (json_is_integer(parsed) && json_integer_value(parsed) > 0
-            && json_integer_value(parsed) < APR_INT64_C(100000000)) {
-            estimate += json_integer_value(parsed);
-            json_decref(parsed);
-            break;
-        }
-        json_decref(parsed);
+    if (!ap_cstr_casecmp(word, "requests")) {
+        return AOAI_HEADROOM_REQUESTS;
     }
-    return estimate;
+    if (!ap_cstr_casecmp(word, "tokens")) {
+        return AOAI_HEADROOM_TOKENS;
+    }
+    return -1;
+}
+
+const char *aoai_headroom_set_floor(cmd_parms *cmd, void *dconf,
+                                    const char *which, const char *value)
+{
+    aoai_dir_conf *conf = dconf;
+    int kind = headroom_kind(which);
+    aoai_headroom_floor floor = { 0, 0, 0 };
+    char *end;
+
+    if (kind < 0) {
+        return apr_psprintf(cmd->pool, "AOAIHeadroomFloor: '%s' is neither "
+                            "'requests' nor 'tokens'", which);
+    }
+    if (!ap_cstr_casecmp(value, "off")) {
+        floor.off = 1;
+    }
+    else {
+        errno = 0;
+        floor.value = apr_strtoi64(value, &end, 10);
+        floor.percent = (*end == '%');
+        if (!apr_isdigit(*value) || *(end + floor.percent) || errno == ERANGE
+            || floor.value > APR_INT64_C(1000000000000)
+            || (floor.percent && floor.value > 100)) {
+            return apr_psprintf(cmd->pool, "AOAIHeadroomFloor %s: '%s' is "
+                                "not a number of %s, a percentage (0%%-100%%) "
+                                "of the member's limit, or off", which, value,
+                                which);
+        }
+    }
+    conf->headroom_floor[kind] = floor;
+    conf->headroom_floor_set |= 1 << kind;
+    return NULL;
+}
+
+const char *aoai_headroom_set_window(cmd_parms *cmd, void *dconf,
+                                     const char *which, const char *value)
+{
+    aoai_dir_conf *conf = dconf;
+    int kind = headroom_kind(which);
+    const char *err;
+
+    if (kind < 0) {
+        return apr_psprintf(cmd->pool, "AOAIHeadroomWindow: '%s' is neither "
+                            "'requests' nor 'tokens'", which);
+    }
+    if ((err = aoai_config_duration(cmd, value, &conf->headroom_window[kind]))) {
+        return err;
+    }
+    conf->headroom_window_set |= 1 << kind;
+    return NULL;
 }

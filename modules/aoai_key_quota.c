@@ -5,7 +5,7 @@
  * Management's azure-openai-token-limit with the subscription as counter.
  *
  * Each key's minute is a fixed window in a shared slot, opened by its
- * first call.  A call takes its token estimate (aoai_token_estimate) up
+ * first call.  A call takes its token estimate (aoai_usage_estimate) up
  * front, so that a burst of calls cannot all pass on the same count; when
  * the answer's usage is read, the estimate is replaced by what the member
  * counted, and a call no member served gives its estimate back.  A key
@@ -13,11 +13,19 @@
  * for the end of its minute, and no member is called.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_key_quota.h"
 
 #include "apr_atomic.h"
+#include "apr_lib.h"
+#include "apr_strings.h"
+
+#include "http_log.h"
+
+#include <errno.h>
 
 APLOG_USE_MODULE(aoai_balancer);
+
+#define AOAI_KEY_QUOTA_WINDOW apr_time_from_sec(60)
 
 /* A key's own line wins over the line for every key. */
 const aoai_key_quota *aoai_key_quota_for(const aoai_dir_conf *conf,
@@ -63,22 +71,23 @@ static apr_time_t current_window(aoai_quota_shared *quota, apr_time_t now)
 /* Returns 1 when the call may go on, its estimate counted; 0 when the key
  * is over its limit, with what it has left and how long until its next
  * minute. */
-int aoai_key_quota_take(request_rec *r, aoai_request_state *state,
-                        const aoai_key_quota *limit, apr_time_t now,
-                        apr_int64_t *remaining, apr_interval_time_t *wait)
+int aoai_key_quota_take(aoai_call *call, const aoai_key_quota *limit,
+                        apr_time_t now, apr_int64_t *remaining,
+                        apr_interval_time_t *wait)
 {
-    aoai_quota_shared *quota = aoai_key_quota_shared(state->key_label);
+    aoai_quota_shared *quota = aoai_table_key_quota(call->key_label);
     apr_time_t window;
 
     if (!quota) {
         static int table_full_logged;
         if (!table_full_logged) {
             table_full_logged = 1;
-            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, AOAI_LOGNO(047)
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, call->r,
+                          AOAI_LOGNO(047)
                           "the shared table has no free slot for the token "
                           "quota of subscription key %s: it is not "
                           "enforced; raise AOAIThrottleTableSize",
-                          state->key_label);
+                          call->key_label);
         }
         return 1;
     }
@@ -87,45 +96,81 @@ int aoai_key_quota_take(request_rec *r, aoai_request_state *state,
         apr_uint64_t used = apr_atomic_read64(&quota->used);
         apr_int64_t left = limit->tokens_per_minute - (apr_int64_t)used;
 
-        if (state->token_estimate > left) {
+        if (call->token_estimate > left) {
             *remaining = left > 0 ? left : 0;
             *wait = window + AOAI_KEY_QUOTA_WINDOW - now;
             return 0;
         }
         if (apr_atomic_cas64(&quota->used,
-                             used + (apr_uint64_t)state->token_estimate,
+                             used + (apr_uint64_t)call->token_estimate,
                              used) == used) {
-            *remaining = left - state->token_estimate;
-            state->quota_remaining = *remaining;
+            *remaining = left - call->token_estimate;
             break;
         }
     }
-    state->quota = quota;
-    state->quota_window = window;
+    call->charge.shared = quota;
+    call->charge.remaining = *remaining;
+    call->charge.window = window;
     return 1;
 }
 
 /* The call is over: the estimate becomes what the member counted, or is
  * given back when no member served it.  A call that ends in the next
  * minute leaves the new minute alone. */
-void aoai_key_quota_settle(aoai_request_state *state, const aoai_usage *usage)
+void aoai_key_quota_settle(aoai_call *call, const aoai_usage *usage)
 {
+    aoai_charge *charge = &call->charge;
     apr_int64_t correction;
 
-    if (!state->quota
-        || (apr_time_t)apr_atomic_read64(&state->quota->window_start)
-           != state->quota_window) {
+    if (!charge->shared
+        || (apr_time_t)apr_atomic_read64(&charge->shared->window_start)
+           != charge->window) {
         return;
     }
-    if (!state->passed) {
-        correction = -state->token_estimate;
+    if (!call->passed) {
+        correction = -call->token_estimate;
     }
     else if (usage) {
-        correction = usage->total_tokens - state->token_estimate;
+        correction = usage->total_tokens - call->token_estimate;
     }
     else {
         return;     /* served, usage unreadable: the estimate stands */
     }
-    apr_atomic_add64(&state->quota->used, (apr_uint64_t)correction);
-    state->quota = NULL;
+    apr_atomic_add64(&charge->shared->used, (apr_uint64_t)correction);
+    charge->shared = NULL;
+}
+
+/* AOAIKeyTokensPerMinute tokens [label] */
+const char *aoai_key_quota_set(cmd_parms *cmd, void *dconf,
+                               const char *tokens, const char *label)
+{
+    aoai_dir_conf *conf = dconf;
+    aoai_key_quota *quota;
+    char *end;
+    apr_int64_t limit;
+    int i;
+
+    errno = 0;
+    limit = apr_strtoi64(tokens, &end, 10);
+    if (!apr_isdigit(*tokens) || *end || errno == ERANGE || limit < 1
+        || limit > APR_INT64_C(1000000000000)) {
+        return apr_psprintf(cmd->pool, "AOAIKeyTokensPerMinute: '%s' is not "
+                            "a number of tokens (1 or more)", tokens);
+    }
+    if (!conf->key_quotas) {
+        conf->key_quotas = apr_array_make(cmd->pool, 4, sizeof(*quota));
+    }
+    for (i = 0; i < conf->key_quotas->nelts; i++) {
+        const char *seen = APR_ARRAY_IDX(conf->key_quotas, i,
+                                         aoai_key_quota).label;
+        if ((!seen && !label) || (seen && label && !strcmp(seen, label))) {
+            return apr_psprintf(cmd->pool, "AOAIKeyTokensPerMinute: %s "
+                                "already has a limit here",
+                                label ? label : "every key");
+        }
+    }
+    quota = apr_array_push(conf->key_quotas);
+    quota->label = label;
+    quota->tokens_per_minute = limit;
+    return NULL;
 }

@@ -37,7 +37,12 @@
  * serve it.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_lbmethod.h"
+#include "aoai_balancers.h"
+#include "aoai_deployments.h"
+#include "aoai_headroom.h"
+#include "aoai_table.h"
+#include "aoai_throttle.h"
 
 #include "apr_time.h"
 #include "http_log.h"
@@ -50,7 +55,7 @@ static APR_OPTIONAL_FN_TYPE(ap_proxy_retry_worker) *retry_worker_fn = NULL;
 typedef struct {
     proxy_balancer *balancer;
     request_rec *r;
-    aoai_request_state *state;   /* NULL when the module's handler is not
+    aoai_call *call;             /* NULL when the module's handler is not
                                   * driving the request */
     unsigned char *parked;       /* by worker->s->index: in a window now */
     unsigned char *low;          /* by worker->s->index: low headroom */
@@ -71,10 +76,11 @@ static int already_in(const apr_array_header_t *workers, proxy_worker *worker)
     return 0;
 }
 
-static void note_skipped(aoai_request_state *state, proxy_worker *worker)
+static void note_skipped(aoai_call *call, proxy_worker *worker)
 {
-    if (!already_in(state->skipped_throttled, worker)) {
-        APR_ARRAY_PUSH(state->skipped_throttled, proxy_worker *) = worker;
+    if (!already_in(call->picks.skipped_throttled, worker)) {
+        APR_ARRAY_PUSH(call->picks.skipped_throttled, proxy_worker *)
+            = worker;
     }
 }
 
@@ -90,29 +96,28 @@ static void read_windows(aoai_pick *pick, apr_pool_t *pool)
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
     int i;
 
-    pick->slots = balancer->max_workers > balancer->workers->nelts
-                  ? balancer->max_workers : balancer->workers->nelts;
+    pick->slots = aoai_balancers_slots(balancer);
     pick->parked = apr_pcalloc(pool, pick->slots);
     pick->low = apr_pcalloc(pool, pick->slots);
-    pick->avoid_low = pick->state && aoai_headroom_enabled(pick->state->conf);
+    pick->avoid_low = pick->call && aoai_headroom_enabled(pick->call->conf);
     for (i = 0; i < balancer->workers->nelts; i++) {
         proxy_worker *worker = workers[i];
-        aoai_member_slot *slot = aoai_throttle_slot(balancer, worker);
+        aoai_member_slot *slot = aoai_table_member(balancer, worker);
 
         if (!has_slot(pick, worker)) {
             continue;
         }
         if (pick->avoid_low) {
             pick->low[worker->s->index] = (unsigned char)aoai_headroom_is_low(
-                slot, pick->state->conf, pick->state->token_estimate,
+                slot, pick->call->conf, pick->call->token_estimate,
                 pick->now);
         }
-        if (pick->now < aoai_throttle_until(slot)) {
+        if (pick->now < aoai_table_window_end(slot)) {
             pick->parked[worker->s->index] = 1;
             /* One this request tried, then saw throttled, was not
              * skipped. */
-            if (pick->state && !already_in(pick->state->tried, worker)) {
-                note_skipped(pick->state, worker);
+            if (pick->call && !already_in(pick->call->picks.tried, worker)) {
+                note_skipped(pick->call, worker);
             }
         }
     }
@@ -121,12 +126,12 @@ static void read_windows(aoai_pick *pick, apr_pool_t *pool)
 /* Whether this call can be sent to a member the walk finds usable. */
 static int fits_call(aoai_pick *pick, proxy_worker *worker)
 {
-    if (pick->state && (already_in(pick->state->tried, worker)
-                        || !aoai_member_serves(pick->state, worker))) {
+    if (pick->call && (already_in(pick->call->picks.tried, worker)
+                        || !aoai_deployments_serves(pick->call, worker))) {
         return 0;
     }
     if (has_slot(pick, worker) ? pick->parked[worker->s->index]
-        : aoai_member_is_throttled(pick->balancer, worker, pick->now)) {
+        : aoai_throttle_is_on(pick->balancer, worker, pick->now)) {
         return 0;
     }
     if (pick->avoid_low && has_slot(pick, worker)
@@ -231,7 +236,7 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
 
     pick.balancer = balancer;
     pick.r = r;
-    pick.state = aoai_request_state_get(r);
+    pick.call = aoai_request_call(r);
     pick.now = apr_time_now();
     read_windows(&pick, r->pool);
 
@@ -246,13 +251,13 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
             pick.avoid_low = 0;
             continue;
         }
-        if (!pick.state || !aoai_headroom_enabled(pick.state->conf)) {
+        if (!pick.call || !aoai_headroom_enabled(pick.call->conf)) {
             return worker;
         }
-        if (aoai_headroom_take(aoai_throttle_slot(balancer, worker),
-                               pick.state->conf, pick.state->token_estimate,
+        if (aoai_headroom_take(aoai_table_member(balancer, worker),
+                               pick.call->conf, pick.call->token_estimate,
                                pick.now, pick.avoid_low)) {
-            pick.state->headroom_passed_over = pick.passed_over;
+            pick.call->picks.headroom_passed_over = pick.passed_over;
             return worker;
         }
         /* Another call took its last room since read_windows(). */
@@ -267,8 +272,8 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
  * handler asks before each attempt, so that "everyone is throttled" becomes
  * the module's 429 rather than mod_proxy_balancer's "All workers are in
  * error state" in the error log on every request. */
-int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
-                             apr_time_t now)
+int aoai_lbmethod_is_candidate(proxy_worker *worker, aoai_call *call,
+                               apr_time_t now)
 {
     if (worker->s->status & (PROXY_WORKER_DISABLED | PROXY_WORKER_STOPPED
                              | PROXY_WORKER_IN_SHUTDOWN)) {
@@ -277,11 +282,12 @@ int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
     if (PROXY_WORKER_IS_DRAINING(worker)) {
         return 0;
     }
-    if (already_in(state->tried, worker) || !aoai_member_serves(state, worker)) {
+    if (already_in(call->picks.tried, worker)
+        || !aoai_deployments_serves(call, worker)) {
         return 0;
     }
-    if (aoai_member_is_throttled(state->balancer, worker, now)) {
-        note_skipped(state, worker);
+    if (aoai_throttle_is_on(call->balancer, worker, now)) {
+        note_skipped(call, worker);
         return 0;
     }
     /* In error (refused, failed handshake) until its retry= is up. */
@@ -295,16 +301,18 @@ int aoai_member_is_candidate(proxy_worker *worker, aoai_request_state *state,
 
 /* Whether any member could still be picked for this request.  When none
  * can, every throttled one has been noted as skipped. */
-int aoai_any_candidate(aoai_request_state *state, apr_time_t now)
+int aoai_lbmethod_any_candidate(aoai_call *call, apr_time_t now)
 {
-    proxy_balancer *balancer = state->balancer;
+    proxy_balancer *balancer = call->balancer;
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
-    int i, found = 0;
+    int i;
 
     for (i = 0; i < balancer->workers->nelts; i++) {
-        found |= aoai_member_is_candidate(workers[i], state, now);
+        if (aoai_lbmethod_is_candidate(workers[i], call, now)) {
+            return 1;
+        }
     }
-    return found;
+    return 0;
 }
 
 static apr_status_t reset(proxy_balancer *balancer, server_rec *s)
@@ -323,30 +331,6 @@ static apr_status_t age(proxy_balancer *balancer, server_rec *s)
 {
     (void)balancer;
     (void)s;
-    return APR_SUCCESS;
-}
-
-/* Calls fn for every balancer, of every virtual host, that uses
- * lbmethod=aoai; stops at the first result other than APR_SUCCESS. */
-apr_status_t aoai_for_each_balancer(server_rec *s, aoai_balancer_fn *fn,
-                                    void *baton)
-{
-    for (; s; s = s->next) {
-        proxy_server_conf *proxy_conf =
-            ap_get_module_config(s->module_config, &proxy_module);
-        proxy_balancer *balancer = (proxy_balancer *)proxy_conf->balancers->elts;
-        int i;
-
-        for (i = 0; i < proxy_conf->balancers->nelts; i++, balancer++) {
-            apr_status_t rv;
-            if (balancer->lbmethod != &aoai_lbmethod) {
-                continue;
-            }
-            if ((rv = fn(s, balancer, baton)) != APR_SUCCESS) {
-                return rv;
-            }
-        }
-    }
     return APR_SUCCESS;
 }
 

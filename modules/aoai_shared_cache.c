@@ -27,7 +27,9 @@
  * shared segment so that any child's status page can show it.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_shared_cache.h"
+#include "aoai_balancers.h"
+#include "aoai_table.h"
 
 #include "apr_atomic.h"
 #include "apr_lib.h"
@@ -137,16 +139,21 @@ static APR_OPTIONAL_FN_TYPE(ap_watchdog_register_callback) *watchdog_register;
 /* ------------------------------------------------------------------ */
 /* Configuration                                                        */
 
-const char *aoai_shared_cache_set(cmd_parms *cmd, aoai_server_conf *conf,
+const char *aoai_shared_cache_set(cmd_parms *cmd, void *dummy,
                                   const char *arg)
 {
+    aoai_server_conf *conf = aoai_config_server(cmd->server);
     const char *colon = ap_strchr_c(arg, ':');
     const char *name = colon ? apr_pstrmemdup(cmd->temp_pool, arg,
                                               colon - arg)
                              : arg;
     const ap_socache_provider_t *provider;
-    const char *err;
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
 
+    (void)dummy;
+    if (err) {
+        return err;
+    }
     conf->cache_set = 1;
     if (!strcasecmp(arg, "none")) {
         conf->cache_provider = NULL;
@@ -177,6 +184,42 @@ const char *aoai_shared_cache_set(cmd_parms *cmd, aoai_server_conf *conf,
     conf->cache_provider = provider;
     conf->cache_provider_name = apr_pstrdup(cmd->pool, name);
     conf->cache_argument = colon ? apr_pstrdup(cmd->pool, colon + 1) : NULL;
+    return NULL;
+}
+
+/* AOAISharedCacheSync and AOAISharedCacheTimeout: a duration in a range. */
+const char *aoai_shared_cache_set_duration(cmd_parms *cmd, void *dummy,
+                                           const char *arg)
+{
+    aoai_server_conf *conf = aoai_config_server(cmd->server);
+    int is_sync = (cmd->info != NULL);
+    apr_interval_time_t low = is_sync ? apr_time_from_msec(100)
+                                      : apr_time_from_msec(1);
+    apr_interval_time_t high = is_sync ? apr_time_from_sec(60)
+                                       : apr_time_from_sec(10);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    apr_interval_time_t value;
+
+    (void)dummy;
+    if (err) {
+        return err;
+    }
+    if ((err = aoai_config_duration(cmd, arg, &value))) {
+        return err;
+    }
+    if (value < low || value > high) {
+        return apr_psprintf(cmd->pool, "%s: %s is outside %s",
+                            cmd->cmd->name, arg,
+                            is_sync ? "100ms-60s (mod_watchdog runs tasks in "
+                                      "100 ms steps)"
+                                    : "1ms-10s");
+    }
+    if (is_sync) {
+        conf->cache_sync = value;
+    }
+    else {
+        conf->cache_timeout = value;
+    }
     return NULL;
 }
 
@@ -423,7 +466,7 @@ static void note_garbage(const aoai_sync_member *member, const char *value,
 static apr_status_t republish(aoai_sync_member *member, apr_time_t now,
                               apr_pool_t *pool)
 {
-    volatile apr_uint64_t *unpublished = aoai_member_unpublished(member->slot);
+    volatile apr_uint64_t *unpublished = aoai_table_unpublished(member->slot);
     apr_uint64_t until = apr_atomic_read64(unpublished);
     apr_status_t rv;
 
@@ -486,7 +529,7 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
     if (until - now > member->throttle_max) {
         until = now + member->throttle_max;
     }
-    if (aoai_throttle_raise(member->slot, until)) {
+    if (aoai_table_raise_window(member->slot, until)) {
         count(AOAI_CACHE_LEARNED);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, cache.server, AOAI_LOGNO(038)
                      "%s: member %s is throttled for %" APR_TIME_T_FMT
@@ -547,7 +590,7 @@ static apr_status_t sync_tick(int state, void *baton, apr_pool_t *pool)
  * after the sync has found the cache back. */
 static void note_unpublished(aoai_member_slot *slot, apr_time_t until)
 {
-    volatile apr_uint64_t *unpublished = aoai_member_unpublished(slot);
+    volatile apr_uint64_t *unpublished = aoai_table_unpublished(slot);
 
     while (unpublished) {
         apr_uint64_t seen = apr_atomic_read64(unpublished);
@@ -639,7 +682,7 @@ void aoai_shared_cache_publish(request_rec *r, proxy_balancer *balancer,
         job = &pub->pending[pub->pending_count++];
         memcpy(job->id, id, sizeof(id));
         job->until = 0;
-        job->slot = aoai_throttle_slot(balancer, worker);
+        job->slot = aoai_table_member(balancer, worker);
     }
     if (!job) {
         apr_thread_mutex_unlock(pub->lock);
@@ -724,41 +767,16 @@ static void shared_cache_child_init(apr_pool_t *pchild, server_rec *s)
 /* ------------------------------------------------------------------ */
 /* Start-up                                                             */
 
-/* The AOAIThrottleMax that governs a balancer: its <Proxy> section's, or
- * its virtual host's.  Remote windows are clamped to it as local ones. */
-static apr_interval_time_t balancer_throttle_max(server_rec *s,
-                                                 proxy_balancer *balancer)
-{
-    proxy_server_conf *proxy_conf = ap_get_module_config(s->module_config,
-                                                         &proxy_module);
-    ap_conf_vector_t **sections = (ap_conf_vector_t **)
-                                  proxy_conf->sec_proxy->elts;
-    const aoai_dir_conf *conf;
-    int k;
-
-    for (k = 0; k < proxy_conf->sec_proxy->nelts; k++) {
-        const proxy_dir_conf *section = ap_get_module_config(sections[k],
-                                                             &proxy_module);
-        conf = ap_get_module_config(sections[k], &aoai_balancer_module);
-        if (section && section->p && conf && conf->throttle_max_set
-            && !strcasecmp(section->p, balancer->s->name)) {
-            return conf->throttle_max;
-        }
-    }
-    conf = ap_get_module_config(s->lookup_defaults, &aoai_balancer_module);
-    return conf ? conf->throttle_max : AOAI_DEFAULT_THROTTLE_MAX;
-}
-
 static apr_status_t add_sync_members(server_rec *s, proxy_balancer *balancer,
                                      void *baton)
 {
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
-    apr_interval_time_t throttle_max = balancer_throttle_max(s, balancer);
+    apr_interval_time_t throttle_max = aoai_config_throttle_max(s, balancer);
     int j;
 
     (void)baton;
     for (j = 0; j < balancer->workers->nelts; j++) {
-        aoai_member_slot *slot = aoai_throttle_slot(balancer, workers[j]);
+        aoai_member_slot *slot = aoai_table_member(balancer, workers[j]);
         aoai_sync_member *member;
 
         if (!slot) {
@@ -833,7 +851,7 @@ int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
     cache.members = apr_array_make(pconf, 8, sizeof(aoai_sync_member));
     apr_pool_cleanup_register(pconf, NULL, forget_cache,
                               apr_pool_cleanup_null);
-    aoai_for_each_balancer(s, add_sync_members, NULL);
+    aoai_balancers_each(s, add_sync_members, NULL);
     member_id("", "heartbeat", cache.heartbeat_id);
 
     rv = watchdog_get_instance(&watchdog, AOAI_WATCHDOG_NAME, 0, 1, pconf);

@@ -20,7 +20,11 @@
  *     </Location>
  */
 
-#include "aoai_balancer.h"
+#include "aoai_status.h"
+#include "aoai_balancers.h"
+#include "aoai_json.h"
+#include "aoai_shared_cache.h"
+#include "aoai_table.h"
 
 #include "apr_strings.h"
 #include "apr_optional_hooks.h"
@@ -109,14 +113,14 @@ static apr_status_t collect_balancer(server_rec *s, proxy_balancer *balancer,
     workers = (proxy_worker **)balancer->workers->elts;
     for (i = 0; i < balancer->workers->nelts; i++) {
         aoai_member_view *view = apr_array_push(snapshot->members);
-        aoai_member_slot *slot = aoai_throttle_slot(balancer, workers[i]);
+        aoai_member_slot *slot = aoai_table_member(balancer, workers[i]);
 
         view->balancer = balancer;
         view->worker = workers[i];
-        aoai_member_stats_read(slot, &view->stats);
+        aoai_table_stats(slot, &view->stats);
         view->state = member_state(workers[i], snapshot->now, &view->stats);
         view->keys = apr_array_make(snapshot->pool, 4, sizeof(aoai_key_view));
-        aoai_key_stats_each(slot, collect_key, view);
+        aoai_table_each_key(slot, collect_key, view);
     }
     return APR_SUCCESS;
 }
@@ -128,7 +132,7 @@ static aoai_snapshot *take_snapshot(request_rec *r)
     snapshot->pool = r->pool;
     snapshot->now = apr_time_now();
     snapshot->members = apr_array_make(r->pool, 8, sizeof(aoai_member_view));
-    aoai_for_each_balancer(ap_server_conf, collect_balancer, snapshot);
+    aoai_balancers_each(ap_server_conf, collect_balancer, snapshot);
     return snapshot;
 }
 
@@ -211,71 +215,45 @@ static void cache_auto(request_rec *r, apr_time_t now)
                c[AOAI_CACHE_REJECTED]);
 }
 
-static void status_html(request_rec *r, const aoai_snapshot *snapshot)
+static void member_row_html(request_rec *r, const aoai_member_view *view,
+                            apr_time_t now)
+{
+    const apr_uint64_t *c = view->stats.counters;
+
+    ap_rvputs(r, "<tr><td>",
+              ap_escape_html(r->pool, view->worker->s->name_ex), "</td><td>",
+              ap_escape_html(r->pool, view->worker->s->route), "</td>", NULL);
+    ap_rprintf(r, "<td>%d</td><td>%.2f</td><td>", view->worker->s->lbset,
+               weight(view->worker));
+    if (!strcmp(view->state, "throttled")) {
+        ap_rprintf(r, "throttled until %s (%" APR_INT64_T_FMT " ms)",
+                   iso_time(r->pool, view->stats.throttle_until),
+                   window_left_ms(view, now));
+    }
+    else {
+        ap_rputs(view->state, r);
+    }
+    ap_rprintf(r, "</td><td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+               "</td><td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+               "</td><td>", c[AOAI_COUNT_REQUESTS], c[AOAI_COUNT_SERVED],
+               c[AOAI_COUNT_THROTTLED], c[AOAI_COUNT_FAILOVERS]);
+    if (view->stats.last_throttled) {
+        ap_rprintf(r, "%" APR_UINT64_T_FMT " ms at %s",
+                   c[AOAI_COUNT_LAST_WINDOW_MS],
+                   iso_time(r->pool, view->stats.last_throttled));
+    }
+    ap_rprintf(r, "</td><td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+               "</td><td>%" APR_UINT64_T_FMT "</td></tr>\n",
+               c[AOAI_COUNT_PROMPT_TOKENS], c[AOAI_COUNT_COMPLETION_TOKENS],
+               c[AOAI_COUNT_TOTAL_TOKENS]);
+}
+
+static void keys_html(request_rec *r, const aoai_snapshot *snapshot)
 {
     const aoai_member_view *views =
         (const aoai_member_view *)snapshot->members->elts;
-    const proxy_balancer *shown = NULL;
-    int i, keys = 0;
+    int i, k;
 
-    ap_rputs("<hr />\n<h2>Azure OpenAI balancers (mod_aoai_balancer)</h2>\n",
-             r);
-    cache_html(r, snapshot->now);
-    for (i = 0; i < snapshot->members->nelts; i++) {
-        const aoai_member_view *view = &views[i];
-        const apr_uint64_t *c = view->stats.counters;
-
-        if (view->balancer != shown) {
-            if (shown) {
-                ap_rputs("</table>\n", r);
-            }
-            shown = view->balancer;
-            ap_rvputs(r, "<h3>", ap_escape_html(r->pool, shown->s->name),
-                      "</h3>\n<table border=\"0\"><tr><th>Member</th>"
-                      "<th>Route</th><th>Priority</th><th>Weight</th>"
-                      "<th>State</th><th>Requests</th><th>Served</th>"
-                      "<th>429s</th><th>Failovers out</th>"
-                      "<th>Last Retry-After</th><th>Prompt tokens</th>"
-                      "<th>Completion tokens</th><th>Total tokens</th></tr>\n",
-                      NULL);
-        }
-        ap_rvputs(r, "<tr><td>",
-                  ap_escape_html(r->pool, view->worker->s->name_ex),
-                  "</td><td>",
-                  ap_escape_html(r->pool, view->worker->s->route),
-                  "</td>", NULL);
-        ap_rprintf(r, "<td>%d</td><td>%.2f</td><td>", view->worker->s->lbset,
-                   weight(view->worker));
-        if (!strcmp(view->state, "throttled")) {
-            ap_rprintf(r, "throttled until %s (%" APR_INT64_T_FMT " ms)",
-                       iso_time(r->pool, view->stats.throttle_until),
-                       window_left_ms(view, snapshot->now));
-        }
-        else {
-            ap_rputs(view->state, r);
-        }
-        ap_rprintf(r, "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
-                   APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
-                   "</td><td>%" APR_UINT64_T_FMT "</td><td>",
-                   c[AOAI_COUNT_REQUESTS], c[AOAI_COUNT_SERVED],
-                   c[AOAI_COUNT_THROTTLED], c[AOAI_COUNT_FAILOVERS]);
-        if (view->stats.last_throttled) {
-            ap_rprintf(r, "%" APR_UINT64_T_FMT " ms at %s",
-                       c[AOAI_COUNT_LAST_WINDOW_MS],
-                       iso_time(r->pool, view->stats.last_throttled));
-        }
-        ap_rprintf(r, "</td><td>%" APR_UINT64_T_FMT "</td><td>%"
-                   APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
-                   "</td></tr>\n", c[AOAI_COUNT_PROMPT_TOKENS],
-                   c[AOAI_COUNT_COMPLETION_TOKENS], c[AOAI_COUNT_TOTAL_TOKENS]);
-        keys += view->keys->nelts;
-    }
-    if (shown) {
-        ap_rputs("</table>\n", r);
-    }
-    if (!keys) {
-        return;
-    }
     ap_rputs("<h3>Tokens by subscription key</h3>\n<table border=\"0\"><tr>"
              "<th>Key</th><th>Balancer</th><th>Member</th><th>Served</th>"
              "<th>Prompt tokens</th><th>Completion tokens</th>"
@@ -283,7 +261,6 @@ static void status_html(request_rec *r, const aoai_snapshot *snapshot)
     for (i = 0; i < snapshot->members->nelts; i++) {
         const aoai_member_view *view = &views[i];
         const aoai_key_view *key = (const aoai_key_view *)view->keys->elts;
-        int k;
 
         for (k = 0; k < view->keys->nelts; k++, key++) {
             const apr_uint64_t *c = key->stats.counters;
@@ -302,6 +279,42 @@ static void status_html(request_rec *r, const aoai_snapshot *snapshot)
         }
     }
     ap_rputs("</table>\n", r);
+}
+
+static void status_html(request_rec *r, const aoai_snapshot *snapshot)
+{
+    const aoai_member_view *views =
+        (const aoai_member_view *)snapshot->members->elts;
+    const proxy_balancer *shown = NULL;
+    int i, keys = 0;
+
+    ap_rputs("<hr />\n<h2>Azure OpenAI balancers (mod_aoai_balancer)</h2>\n",
+             r);
+    cache_html(r, snapshot->now);
+    for (i = 0; i < snapshot->members->nelts; i++) {
+        if (views[i].balancer != shown) {
+            if (shown) {
+                ap_rputs("</table>\n", r);
+            }
+            shown = views[i].balancer;
+            ap_rvputs(r, "<h3>", ap_escape_html(r->pool, shown->s->name),
+                      "</h3>\n<table border=\"0\"><tr><th>Member</th>"
+                      "<th>Route</th><th>Priority</th><th>Weight</th>"
+                      "<th>State</th><th>Requests</th><th>Served</th>"
+                      "<th>429s</th><th>Failovers out</th>"
+                      "<th>Last Retry-After</th><th>Prompt tokens</th>"
+                      "<th>Completion tokens</th><th>Total tokens</th></tr>\n",
+                      NULL);
+        }
+        member_row_html(r, &views[i], snapshot->now);
+        keys += views[i].keys->nelts;
+    }
+    if (shown) {
+        ap_rputs("</table>\n", r);
+    }
+    if (keys) {
+        keys_html(r, snapshot);
+    }
 }
 
 /* ?auto: "Key: value" like the rest of the page; the value is
@@ -505,11 +518,11 @@ static int status_handler(request_rec *r)
         json_array_append_new(members, member_json(r->pool, &views[i],
                                                    snapshot->now));
     }
-    root = json_pack("{s:s,s:o,s:o}", "time", iso_time(r->pool, snapshot->now),
-                     "balancers", balancers,
-                     "shared_cache", cache_json(r->pool, snapshot->now));
-    text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    json_decref(root);
+    root = aoai_json_own(r->pool, json_pack(
+        "{s:s,s:o,s:o}", "time", iso_time(r->pool, snapshot->now),
+        "balancers", balancers,
+        "shared_cache", cache_json(r->pool, snapshot->now)));
+    text = aoai_json_text(r->pool, root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     if (!text) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, AOAI_LOGNO(032)
                       "could not serialize the balancer status");
@@ -521,7 +534,6 @@ static int status_handler(request_rec *r)
         ap_rputs(text, r);
         ap_rputs("\n", r);
     }
-    free(text);
     return OK;
 }
 

@@ -12,14 +12,20 @@
  * read once at its end; a stream keeps only its current line, and only
  * lines that mention "usage" are read.  Reading means finding the
  * top-level "usage" key with a structural walk and parsing its object
- * with jansson (see aoai_json_top_level()).
+ * with jansson (see aoai_json.c).
  *
  * Every byte here comes from a member, so nothing is trusted: negative,
  * fractional or absurd figures make the usage unreadable rather than
  * wrong in the counters.
+ *
+ * Before the answer, a call's cost is estimated from its request, as Azure
+ * estimates it at arrival: the prompt plus the completion asked for.
+ *
+ * Only APR and jansson here, so a fuzzer can drive this file alone.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_usage.h"
+#include "aoai_json.h"
 
 #include "apr_strings.h"
 
@@ -52,124 +58,6 @@ static int token_count(json_t *usage, const char *field, int required,
     }
     *out = (apr_int64_t)n;
     return 1;
-}
-
-static int is_json_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-/* From the opening quote at *i, past the closing one; 0 if unterminated. */
-static int skip_string(const char *json, apr_size_t length, apr_size_t *i)
-{
-    apr_size_t at = *i + 1;
-
-    while (at < length && json[at] != '"') {
-        at += (json[at] == '\\') ? 2 : 1;
-    }
-    if (at >= length) {
-        return 0;
-    }
-    *i = at + 1;
-    return 1;
-}
-
-/* Finds the value of a top-level key without building the document: a
- * structural walk that only follows strings, nesting and commas.  Building
- * a whole answer with jansson cost 8.7 us for a 671-byte chat completion
- * (measured), most of a request's budget; the walk costs a pass over the
- * bytes, and jansson then reads the one value wanted.  The root must be a
- * closed object with the key once; *value spans the value's text. */
-int aoai_json_top_level(const char *json, apr_size_t length, const char *key,
-                        const char **value, apr_size_t *value_length)
-{
-    apr_size_t key_length = strlen(key);
-    apr_size_t i = 0;
-    int depth = 1, expect_key = 1, found = 0;
-
-    while (i < length && is_json_space(json[i])) {
-        i++;
-    }
-    if (i >= length || json[i] != '{') {
-        return 0;
-    }
-    i++;
-    while (i < length) {
-        char c = json[i];
-
-        if (c == '"') {
-            apr_size_t name = i + 1;
-            int is_key;
-
-            if (!skip_string(json, length, &i)) {
-                return 0;
-            }
-            if (depth != 1 || !expect_key) {
-                continue;
-            }
-            expect_key = 0;
-            is_key = (i - name - 1 == key_length
-                      && !memcmp(json + name, key, key_length));
-            while (i < length && is_json_space(json[i])) {
-                i++;
-            }
-            if (i >= length || json[i] != ':') {
-                return 0;
-            }
-            i++;
-            if (is_key) {
-                apr_size_t start;
-                int nested = 0;
-
-                if (found) {
-                    return 0;       /* twice: trust neither */
-                }
-                while (i < length && is_json_space(json[i])) {
-                    i++;
-                }
-                start = i;
-                while (i < length) {
-                    c = json[i];
-                    if (c == '"') {
-                        if (!skip_string(json, length, &i)) {
-                            return 0;
-                        }
-                        continue;
-                    }
-                    if (c == '{' || c == '[') {
-                        nested++;
-                    }
-                    else if (c == '}' || c == ']') {
-                        if (!nested) {
-                            break;
-                        }
-                        nested--;
-                    }
-                    else if (c == ',' && !nested) {
-                        break;
-                    }
-                    i++;
-                }
-                *value = json + start;
-                *value_length = i - start;
-                found = 1;
-            }
-            continue;
-        }
-        if (c == '{' || c == '[') {
-            depth++;
-        }
-        else if (c == '}' || c == ']') {
-            if (--depth == 0) {
-                return found;
-            }
-        }
-        else if (c == ',' && depth == 1) {
-            expect_key = 1;
-        }
-        i++;
-    }
-    return 0;       /* the root never closed: a cut answer */
 }
 
 /* Returns 1 when json is an object with a readable "usage" object at its
@@ -324,4 +212,37 @@ int aoai_usage_scan_finish(aoai_usage_scan *scan)
     }
     scan->length = 0;
     return scan->found;
+}
+
+/* The prompt is taken as a token per four bytes of the body (JSON's own
+ * syntax makes that generous, which is the side to err on). */
+apr_int64_t aoai_usage_estimate(const char *body, apr_size_t length)
+{
+    static const char *const completion_keys[] = {
+        "max_tokens", "max_completion_tokens"
+    };
+    apr_int64_t estimate = (apr_int64_t)(length / 4) + 1;
+    apr_size_t i;
+
+    for (i = 0; i < sizeof(completion_keys) / sizeof(completion_keys[0]);
+         i++) {
+        const char *value;
+        apr_size_t value_length;
+        json_t *parsed;
+        json_int_t asked;
+
+        if (!length || !memmem(body, length, completion_keys[i],
+                               strlen(completion_keys[i]))
+            || !aoai_json_top_level(body, length, completion_keys[i], &value,
+                                    &value_length)) {
+            continue;
+        }
+        parsed = json_loadb(value, value_length, JSON_DECODE_ANY, NULL);
+        asked = json_is_integer(parsed) ? json_integer_value(parsed) : 0;
+        json_decref(parsed);
+        if (asked > 0 && asked < APR_INT64_C(100000000)) {
+            return estimate + asked;
+        }
+    }
+    return estimate;
 }

@@ -15,9 +15,9 @@
  * processes and threads at once.
  */
 
-#include "apr_atomic.h"
+#include "aoai_window.h"
 
-#include "aoai_balancer.h"
+#include "apr_atomic.h"
 
 apr_time_t aoai_window_read(const volatile apr_uint64_t *end)
 {

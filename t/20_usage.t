@@ -7,5 +7,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use AOAIUnit;
 
-run_unit_test(name => 'usage_test', sources => ['modules/aoai_usage.c'],
+run_unit_test(name => 'usage_test',
+              sources => ['modules/aoai_usage.c', 'modules/aoai_json.c'],
               libs => ['-ljansson']);

@@ -6,7 +6,7 @@
  * t/20_usage.t builds and runs it.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_usage.h"
 
 #include "apr_general.h"
 #include "apr_strings.h"

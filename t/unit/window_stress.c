@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "apr_general.h"
-#include "aoai_balancer.h"
+#include "aoai_window.h"
 
 #define PROCESSES 4
 #define THREADS 4

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "apr_general.h"
-#include "aoai_balancer.h"
+#include "aoai_ratelimit.h"
 
 #define CAP apr_time_from_sec((apr_int64_t)86400 * 366)
 
@@ -41,12 +41,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     h.reset_requests = field[2] && *field[2] ? field[2] : NULL;
     h.reset_tokens = field[3] && *field[3] ? field[3] : NULL;
 
-    if (aoai_window_from_headers(&h, apr_time_from_sec(1700000000), &window,
+    if (aoai_ratelimit_window(&h, apr_time_from_sec(1700000000), &window,
                                  &bad) == AOAI_WINDOW_FOUND
         && (window < 0 || window > CAP)) {
         abort();
     }
-    if (aoai_parse_duration(copy, 1, &window) && (window < 0 || window > CAP)) {
+    if (aoai_ratelimit_duration(copy, 1, &window) && (window < 0 || window > CAP)) {
         abort();
     }
     free(copy);

@@ -10,7 +10,7 @@
  * then the TODO mark should be dropped.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_ratelimit.h"
 
 #include "apr_general.h"
 #include "apr_date.h"
@@ -80,7 +80,7 @@ static aoai_ratelimit_headers hdrs(const char *retry_after_ms,
     return h;
 }
 
-/* aoai_window_from_headers: source, window (when FOUND) and bad_header
+/* aoai_ratelimit_window: source, window (when FOUND) and bad_header
  * all have to match for the assertion to pass. */
 static void check_window(const char *desc, aoai_ratelimit_headers h,
                          apr_time_t now, aoai_window_source want_source,
@@ -93,7 +93,7 @@ static void check_window(const char *desc, aoai_ratelimit_headers h,
     char got[256], expected[256];
     int pass;
 
-    got_source = aoai_window_from_headers(&h, now, &window, &bad);
+    got_source = aoai_ratelimit_window(&h, now, &window, &bad);
     pass = got_source == want_source
         && (want_source != AOAI_WINDOW_FOUND || window == want_window)
         && same_str(bad, want_bad);
@@ -113,7 +113,7 @@ static void check_window(const char *desc, aoai_ratelimit_headers h,
     report(pass, NULL, desc, got, expected);
 }
 
-/* aoai_window_from_headers must find a window in (0, CAP]. */
+/* aoai_ratelimit_window must find a window in (0, CAP]. */
 static void check_window_saturates(const char *desc, const char *todo,
                                    aoai_ratelimit_headers h, apr_time_t now)
 {
@@ -122,7 +122,7 @@ static void check_window_saturates(const char *desc, const char *todo,
     aoai_window_source got_source;
     char got[256], expected[256];
 
-    got_source = aoai_window_from_headers(&h, now, &window, &bad);
+    got_source = aoai_ratelimit_window(&h, now, &window, &bad);
     snprintf(got, sizeof(got), "%s window=%" APR_INT64_T_FMT " bad=%s",
              source_name(got_source), (apr_int64_t)window, str_or_null(bad));
     snprintf(expected, sizeof(expected),
@@ -132,7 +132,7 @@ static void check_window_saturates(const char *desc, const char *todo,
            && bad == NULL, todo, desc, got, expected);
 }
 
-/* aoai_parse_duration returning exactly want_out (want_ok), or rejecting
+/* aoai_ratelimit_duration returning exactly want_out (want_ok), or rejecting
  * the value and leaving *out alone (!want_ok). */
 static void check_duration(const char *desc, const char *todo,
                            const char *value, int plain_unit_ms,
@@ -141,7 +141,7 @@ static void check_duration(const char *desc, const char *todo,
     const apr_interval_time_t sentinel = -424242;
     apr_interval_time_t out = sentinel;
     char got[128], expected[128];
-    int ok = aoai_parse_duration(value, plain_unit_ms, &out);
+    int ok = aoai_ratelimit_duration(value, plain_unit_ms, &out);
 
     snprintf(got, sizeof(got), "ret=%d out=%" APR_INT64_T_FMT,
              ok, (apr_int64_t)out);
@@ -158,13 +158,13 @@ static void check_duration(const char *desc, const char *todo,
     }
 }
 
-/* aoai_parse_duration must accept the value with a result in (0, CAP]. */
+/* aoai_ratelimit_duration must accept the value with a result in (0, CAP]. */
 static void check_duration_saturates(const char *desc, const char *todo,
                                      const char *value, int plain_unit_ms)
 {
     apr_interval_time_t out = -1;
     char got[128], expected[128];
-    int ok = aoai_parse_duration(value, plain_unit_ms, &out);
+    int ok = aoai_ratelimit_duration(value, plain_unit_ms, &out);
 
     snprintf(got, sizeof(got), "ret=%d out=%" APR_INT64_T_FMT,
              ok, (apr_int64_t)out);
@@ -307,7 +307,7 @@ int main(void)
                  hdrs(NULL, NULL, NULL, NULL), now,
                  AOAI_WINDOW_ABSENT, 0, NULL);
 
-    /* --- aoai_parse_duration directly ------------------------------------ */
+    /* --- aoai_ratelimit_duration directly ------------------------------------ */
     check_duration("parse_duration(NULL) returns 0", NULL, NULL, 0, 0, 0);
     check_duration("parse_duration('   ') returns 0", NULL, "   ", 1, 0, 0);
     check_duration("parse_duration('.') returns 0", NULL, ".", 0, 0, 0);

@@ -11,10 +11,12 @@
  * numbers saturate instead of overflowing and anything unparsable is
  * reported, never guessed at.  Callers clamp the result to their maximum.
  *
+ * The remaining-figures of every answer are read here too.
+ *
  * No httpd types here, only APR, so a fuzzer can drive this file alone.
  */
 
-#include "aoai_balancer.h"
+#include "aoai_ratelimit.h"
 
 #include "apr_lib.h"
 #include "apr_date.h"
@@ -33,12 +35,64 @@ static apr_int64_t saturating_add(apr_int64_t a, apr_int64_t b)
     return (a > AOAI_DURATION_CAP - b) ? AOAI_DURATION_CAP : a + b;
 }
 
-/* Parses "1500", "1.5", "20ms", "1s", "6m0s", "1h2m3.5s".  A bare number
- * is in milliseconds when plain_unit_ms, else in seconds; units may only
- * be left out when the value is a single bare number.  Returns 1 and sets
- * *out on success, 0 on anything else. */
-int aoai_parse_duration(const char *value, int plain_unit_ms,
-                        apr_interval_time_t *out)
+/* One number of a duration: digits with an optional fraction.  A whole
+ * part past AOAI_WHOLE_CAP is more than any window can be: *saturated
+ * says so, and the term is taken as the cap whatever its unit. */
+static int parse_number(const char **p, apr_int64_t *whole,
+                        apr_int64_t *fraction, apr_int64_t *scale,
+                        int *saturated)
+{
+    int digits = 0;
+
+    *whole = *fraction = 0;
+    *scale = 1;
+    *saturated = 0;
+    for (; apr_isdigit(**p); (*p)++, digits++) {
+        *whole = *whole * 10 + (**p - '0');
+        if (*whole > AOAI_WHOLE_CAP) {
+            *whole = AOAI_WHOLE_CAP;
+            *saturated = 1;
+        }
+    }
+    if (**p == '.') {
+        for ((*p)++; apr_isdigit(**p); (*p)++, digits++) {
+            if (*scale < 1000000) {
+                *fraction = *fraction * 10 + (**p - '0');
+                *scale *= 10;
+            }
+        }
+    }
+    return digits > 0;
+}
+
+/* The unit after a number, in microseconds; 0 when there is none that is
+ * allowed here (a bare number only as the whole value). */
+static apr_int64_t parse_unit(const char **p, int first, int plain_unit_ms)
+{
+    static const struct {
+        const char *name;
+        apr_int64_t usec;
+    } units[] = {
+        { "ms", 1000 }, { "us", 1 }, { "s", APR_USEC_PER_SEC },
+        { "m", 60 * APR_USEC_PER_SEC }, { "h", 3600 * APR_USEC_PER_SEC },
+    };
+    apr_size_t i;
+
+    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        apr_size_t length = strlen(units[i].name);
+        if (!strncmp(*p, units[i].name, length)) {
+            *p += length;
+            return units[i].usec;
+        }
+    }
+    if (first && (!**p || apr_isspace(**p))) {
+        return plain_unit_ms ? 1000 : APR_USEC_PER_SEC;
+    }
+    return 0;
+}
+
+int aoai_ratelimit_duration(const char *value, int plain_unit_ms,
+                            apr_interval_time_t *out)
 {
     const char *p = value;
     apr_int64_t total = 0;
@@ -51,68 +105,19 @@ int aoai_parse_duration(const char *value, int plain_unit_ms,
         p++;
     }
     while (*p && !apr_isspace(*p)) {
-        apr_int64_t whole = 0, fraction = 0, fraction_scale = 1;
-        apr_int64_t unit_usec, term;
-        int digits = 0, saturated = 0;
+        apr_int64_t whole, fraction, scale, unit;
+        int saturated;
 
-        while (apr_isdigit(*p)) {
-            whole = whole * 10 + (*p - '0');
-            if (whole > AOAI_WHOLE_CAP) {
-                /* more than any window can be: the cap, whatever follows */
-                whole = AOAI_WHOLE_CAP;
-                saturated = 1;
-            }
-            digits++;
-            p++;
-        }
-        if (*p == '.') {
-            p++;
-            while (apr_isdigit(*p)) {
-                if (fraction_scale < 1000000) {
-                    fraction = fraction * 10 + (*p - '0');
-                    fraction_scale *= 10;
-                }
-                digits++;
-                p++;
-            }
-        }
-        if (!digits) {
+        if (!parse_number(&p, &whole, &fraction, &scale, &saturated)
+            || !(unit = parse_unit(&p, terms == 0, plain_unit_ms))) {
             return 0;
         }
-
-        if (p[0] == 'm' && p[1] == 's') {
-            unit_usec = 1000;
-            p += 2;
-        }
-        else if (p[0] == 'u' && p[1] == 's') {
-            unit_usec = 1;
-            p += 2;
-        }
-        else if (*p == 's') {
-            unit_usec = APR_USEC_PER_SEC;
-            p++;
-        }
-        else if (*p == 'm') {
-            unit_usec = 60 * APR_USEC_PER_SEC;
-            p++;
-        }
-        else if (*p == 'h') {
-            unit_usec = 3600 * APR_USEC_PER_SEC;
-            p++;
-        }
-        else if (terms == 0 && (!*p || apr_isspace(*p))) {
-            unit_usec = plain_unit_ms ? 1000 : APR_USEC_PER_SEC;
-        }
-        else {
-            return 0;
-        }
-
-        /* whole * unit_usec only when it cannot overflow */
-        term = (saturated || whole > AOAI_DURATION_CAP / unit_usec)
-               ? AOAI_DURATION_CAP
-               : saturating_add(whole * unit_usec,
-                                fraction * unit_usec / fraction_scale);
-        total = saturating_add(total, term);
+        /* whole * unit only when it cannot overflow */
+        total = saturating_add(total,
+                               (saturated || whole > AOAI_DURATION_CAP / unit)
+                               ? AOAI_DURATION_CAP
+                               : saturating_add(whole * unit,
+                                                fraction * unit / scale));
         terms++;
     }
     while (apr_isspace(*p)) {
@@ -144,7 +149,7 @@ static int parse_retry_after(const char *value, apr_time_t now,
             q++;
         }
         /* delta-seconds has no fraction and no unit */
-        return !*q && aoai_parse_duration(p, 0, out);
+        return !*q && aoai_ratelimit_duration(p, 0, out);
     }
     when = apr_date_parse_http(p);
     if (when == APR_DATE_BAD) {
@@ -157,10 +162,10 @@ static int parse_retry_after(const char *value, apr_time_t now,
     return 1;
 }
 
-aoai_window_source aoai_window_from_headers(const aoai_ratelimit_headers *h,
-                                            apr_time_t now,
-                                            apr_interval_time_t *window,
-                                            const char **bad_header)
+aoai_window_source aoai_ratelimit_window(const aoai_ratelimit_headers *h,
+                                         apr_time_t now,
+                                         apr_interval_time_t *window,
+                                         const char **bad_header)
 {
     apr_interval_time_t value, reset = -1;
     int found_reset = 0;
@@ -168,7 +173,7 @@ aoai_window_source aoai_window_from_headers(const aoai_ratelimit_headers *h,
     *bad_header = NULL;
 
     if (h->retry_after_ms) {
-        if (aoai_parse_duration(h->retry_after_ms, 1, &value)) {
+        if (aoai_ratelimit_duration(h->retry_after_ms, 1, &value)) {
             *window = value;
             return AOAI_WINDOW_FOUND;
         }
@@ -186,7 +191,7 @@ aoai_window_source aoai_window_from_headers(const aoai_ratelimit_headers *h,
     /* Either quota may be the one that ran out; waiting for the later
      * reset is the one that cannot earn a second 429. */
     if (h->reset_requests) {
-        if (aoai_parse_duration(h->reset_requests, 0, &value)) {
+        if (aoai_ratelimit_duration(h->reset_requests, 0, &value)) {
             reset = value;
             found_reset = 1;
         }
@@ -195,7 +200,7 @@ aoai_window_source aoai_window_from_headers(const aoai_ratelimit_headers *h,
         }
     }
     if (h->reset_tokens) {
-        if (aoai_parse_duration(h->reset_tokens, 0, &value)) {
+        if (aoai_ratelimit_duration(h->reset_tokens, 0, &value)) {
             if (value > reset) {
                 reset = value;
             }
@@ -210,4 +215,31 @@ aoai_window_source aoai_window_from_headers(const aoai_ratelimit_headers *h,
         return AOAI_WINDOW_FOUND;
     }
     return *bad_header ? AOAI_WINDOW_GARBAGE : AOAI_WINDOW_ABSENT;
+}
+
+int aoai_ratelimit_figure(const char *value, apr_int64_t *figure)
+{
+    apr_int64_t n = 0;
+    int digits = 0;
+
+    if (!value) {
+        return 0;
+    }
+    while (*value == ' ' || *value == '\t') {
+        value++;
+    }
+    for (; apr_isdigit(*value); value++) {
+        if (++digits > 12) {
+            return 0;
+        }
+        n = n * 10 + (*value - '0');
+    }
+    while (*value == ' ' || *value == '\t') {
+        value++;
+    }
+    if (!digits || *value) {
+        return 0;
+    }
+    *figure = n;
+    return 1;
 }

@@ -1,0 +1,188 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * The request body, kept for every member that may be asked: what
+ * mod_request's KEEP_BODY / KEPT_BODY pair does for a subrequest, done for
+ * the attempts of one call.
+ *
+ * It is read once, up to AOAIMaxBody, into the request's pool, before any
+ * member is called (a body too large gets 413 then, not after a member
+ * has started on it).  Each attempt replays it from the start through the
+ * AOAI_KEPT_BODY input filter, with the same Content-Length whatever
+ * framing the client used, so mod_proxy_http sends every member one
+ * Content-Length request instead of spooling a chunked body again.
+ */
+
+#include "aoai_kept_body.h"
+#include "aoai_json.h"
+
+#include "apr_strings.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "util_filter.h"
+
+#define KEPT_BODY_FILTER "AOAI_KEPT_BODY"
+
+static ap_filter_rec_t *kept_body_filter_handle;
+
+static apr_status_t kept_body_filter(ap_filter_t *f, apr_bucket_brigade *bb,
+                                     ap_input_mode_t mode,
+                                     apr_read_type_e block,
+                                     apr_off_t readbytes)
+{
+    aoai_kept_body *kept = f->ctx;
+    apr_size_t length;
+
+    (void)block;
+    if (mode != AP_MODE_READBYTES && mode != AP_MODE_SPECULATIVE
+        && mode != AP_MODE_EXHAUSTIVE) {
+        return APR_ENOTIMPL;
+    }
+    length = kept->length - kept->offset;
+    if (mode != AP_MODE_EXHAUSTIVE && readbytes >= 0
+        && (apr_off_t)length > readbytes) {
+        length = (apr_size_t)readbytes;
+    }
+    if (length) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_pool_create(
+            kept->data + kept->offset, length, f->r->pool,
+            f->c->bucket_alloc));
+        if (mode != AP_MODE_SPECULATIVE) {
+            kept->offset += length;
+        }
+    }
+    if (kept->offset + (mode == AP_MODE_SPECULATIVE ? length : 0)
+        >= kept->length) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(f->c->bucket_alloc));
+    }
+    return APR_SUCCESS;
+}
+
+/* A Content-Length over the limit is refused before a byte is read. */
+static int announced_too_large(request_rec *r, apr_off_t max_body,
+                               const char **why)
+{
+    const char *header = apr_table_get(r->headers_in, "Content-Length");
+    apr_off_t announced;
+
+    if (!header || !ap_parse_strict_length(&announced, header)
+        || announced <= max_body) {
+        return 0;
+    }
+    *why = apr_psprintf(r->pool, "The request body of %" APR_OFF_T_FMT
+                        " bytes exceeds this gateway's limit of %"
+                        APR_OFF_T_FMT " bytes.", announced, max_body);
+    return 1;
+}
+
+/* Reads the whole body into collected; OK or the status the client earned. */
+static int collect(request_rec *r, apr_off_t max_body,
+                   apr_bucket_brigade *collected, const char **why)
+{
+    apr_bucket_brigade *bb = apr_brigade_create(r->pool,
+                                                r->connection->bucket_alloc);
+    apr_off_t total = 0;
+    int seen_eos = 0;
+
+    while (!seen_eos) {
+        apr_status_t rv = ap_get_brigade(r->input_filters, bb,
+                                         AP_MODE_READBYTES, APR_BLOCK_READ,
+                                         HUGE_STRING_LEN);
+        if (rv != APR_SUCCESS) {
+            *why = "The request body could not be read.";
+            return ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
+        }
+        while (!APR_BRIGADE_EMPTY(bb)) {
+            apr_bucket *b = APR_BRIGADE_FIRST(bb);
+
+            seen_eos |= APR_BUCKET_IS_EOS(b);
+            if (APR_BUCKET_IS_METADATA(b)) {
+                apr_bucket_delete(b);
+                continue;
+            }
+            total += (apr_off_t)b->length;
+            if (total > max_body) {
+                *why = apr_psprintf(r->pool, "The request body exceeds this "
+                                    "gateway's limit of %" APR_OFF_T_FMT
+                                    " bytes.", max_body);
+                return HTTP_REQUEST_ENTITY_TOO_LARGE;
+            }
+            apr_bucket_setaside(b, r->pool);
+            APR_BUCKET_REMOVE(b);
+            APR_BRIGADE_INSERT_TAIL(collected, b);
+        }
+    }
+    return OK;
+}
+
+int aoai_kept_body_read(request_rec *r, apr_off_t max_body,
+                        aoai_kept_body **out, const char **why)
+{
+    aoai_kept_body *kept = apr_pcalloc(r->pool, sizeof(*kept));
+    apr_bucket_brigade *collected;
+    int rc;
+
+    kept->data = "";
+    *out = kept;
+    if (!ap_request_has_body(r)) {
+        return OK;
+    }
+    if (announced_too_large(r, max_body, why)) {
+        return HTTP_REQUEST_ENTITY_TOO_LARGE;
+    }
+    collected = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    if ((rc = collect(r, max_body, collected, why)) != OK) {
+        return rc;
+    }
+    if (!APR_BRIGADE_EMPTY(collected)) {
+        char *flat;
+        apr_brigade_pflatten(collected, &flat, &kept->length, r->pool);
+        kept->data = flat;
+    }
+    apr_brigade_destroy(collected);
+    apr_table_unset(r->headers_in, "Transfer-Encoding");
+    apr_table_setn(r->headers_in, "Content-Length",
+                   apr_off_t_toa(r->pool, (apr_off_t)kept->length));
+    return OK;
+}
+
+void aoai_kept_body_replay(request_rec *r, aoai_kept_body *kept)
+{
+    kept->offset = 0;
+    if (!kept->filter) {
+        kept->filter = ap_add_input_filter_handle(kept_body_filter_handle,
+                                                  kept, r, r->connection);
+    }
+}
+
+void aoai_kept_body_done(aoai_kept_body *kept)
+{
+    if (kept->filter) {
+        ap_remove_input_filter(kept->filter);
+        kept->filter = NULL;
+    }
+}
+
+/* "stream": true at the top level.  Most calls do not mention "stream" at
+ * all, and looking for the word is far cheaper than walking the body. */
+int aoai_kept_body_streamed(const aoai_kept_body *kept)
+{
+    const char *stream;
+    apr_size_t length;
+
+    if (!kept->length
+        || !memmem(kept->data, kept->length, "\"stream\"", 8)) {
+        return 0;
+    }
+    return aoai_json_top_level(kept->data, kept->length, "stream", &stream,
+                               &length)
+           && length >= 4 && !memcmp(stream, "true", 4);
+}
+
+void aoai_kept_body_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+    kept_body_filter_handle =
+        ap_register_input_filter(KEPT_BODY_FILTER, kept_body_filter, NULL,
+                                 AP_FTYPE_RESOURCE);
+}

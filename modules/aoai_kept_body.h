@@ -1,0 +1,32 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * aoai_kept_body: the request body read once and replayed to each member
+ * asked (mod_request's KEEP_BODY / KEPT_BODY, for a call's attempts).
+ */
+
+#ifndef AOAI_KEPT_BODY_H
+#define AOAI_KEPT_BODY_H
+
+#include "httpd.h"
+#include "util_filter.h"
+
+typedef struct {
+    const char *data;
+    apr_size_t length;
+    apr_size_t offset;             /* replayed so far */
+    ap_filter_t *filter;           /* the replay, while it is in place */
+} aoai_kept_body;
+
+/* Reads the client's body, at most max_body bytes: OK and *out, or the
+ * status the client earned (413, 400, 408...) with *why for it. */
+int aoai_kept_body_read(request_rec *r, apr_off_t max_body,
+                        aoai_kept_body **out, const char **why);
+/* From the start, for the next member. */
+void aoai_kept_body_replay(request_rec *r, aoai_kept_body *kept);
+void aoai_kept_body_done(aoai_kept_body *kept);
+/* Whether the body asks for a stream ("stream": true). */
+int aoai_kept_body_streamed(const aoai_kept_body *kept);
+void aoai_kept_body_register_hooks(apr_pool_t *p);
+
+#endif /* AOAI_KEPT_BODY_H */

@@ -1,0 +1,83 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * aoai_request: what one call through an aoai balancer carries from its
+ * first phase to its last, split by the concern that writes each part,
+ * and the link from a member's connection back to the attempt on it.
+ */
+
+#ifndef AOAI_REQUEST_H
+#define AOAI_REQUEST_H
+
+#include "httpd.h"
+#include "mod_proxy.h"
+
+#include "aoai_config.h"
+#include "aoai_table.h"
+#include "aoai_usage.h"
+
+/* What this call's picks have done; written by aoai_lbmethod.c, read by
+ * the attempt loop so a failover never picks a member twice. */
+typedef struct {
+    apr_array_header_t *tried;             /* proxy_worker * */
+    apr_array_header_t *skipped_throttled; /* proxy_worker * */
+    int headroom_passed_over;              /* by the last pick */
+} aoai_picks;
+
+/* The deployment the call names and who serves it; aoai_deployments.c. */
+typedef struct {
+    const char *name;          /* as the client wrote it; NULL: none */
+    const char **at_member;    /* by worker->s->index: its name for it,
+                                * NULL when it does not serve it; the
+                                * array is NULL when every member serves */
+    int slots;
+} aoai_route;
+
+/* The subscription key's token charge; aoai_key_quota.c. */
+typedef struct {
+    aoai_quota_shared *shared; /* NULL: nothing charged */
+    apr_int64_t remaining;     /* the key's tokens left after this call */
+    apr_time_t window;         /* the minute the charge was taken in */
+} aoai_charge;
+
+/* The attempt under way; aoai_failover.c starts and judges it, the
+ * filters on the member's connection (aoai_first_byte.c) watch it. */
+typedef struct {
+    proxy_worker *worker;
+    int number;                /* 1 for the first attempt */
+    int running;               /* inside the scheme handler */
+    int failed_status;         /* a failed answer the filter swallowed */
+    int broke;                 /* the member went away before answering */
+    int answered;              /* a byte of the member's answer came */
+    int sent;                  /* its request reached the member */
+} aoai_attempt;
+
+typedef struct {
+    request_rec *r;
+    proxy_balancer *balancer;
+    const aoai_dir_conf *conf;
+    const char *key_label;     /* the subscriber, when keys are checked */
+    apr_int64_t token_estimate;/* prompt + max_tokens, when anyone needs it */
+    apr_interval_time_t first_byte_timeout; /* this call's; 0: none */
+    apr_interval_time_t handshake_timeout;  /* every call's; 0: none */
+    int passed;                /* an answer went on to the client */
+    aoai_usage_scan *usage;    /* that answer's usage, when readable */
+    aoai_picks picks;
+    aoai_route route;
+    aoai_charge charge;
+    aoai_attempt attempt;
+} aoai_call;
+
+/* The call this request is, once aoai_request_start() made it. */
+aoai_call *aoai_request_call(request_rec *r);
+aoai_call *aoai_request_start(request_rec *r, proxy_balancer *balancer,
+                              const aoai_dir_conf *conf);
+
+/* mod_proxy gives a member's connection no way back to the request it
+ * serves; an attempt runs start to end in the thread that runs the
+ * handler, so the thread carries it. */
+void aoai_request_attempt_begin(aoai_call *call);
+void aoai_request_attempt_end(aoai_call *call);
+aoai_call *aoai_request_attempt_here(void);
+
+#endif /* AOAI_REQUEST_H */

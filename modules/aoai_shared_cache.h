@@ -1,0 +1,51 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * aoai_shared_cache: throttle windows shared between gateways through an
+ * ap_socache provider (redis, memcache): AOAISharedCache.
+ */
+
+#ifndef AOAI_SHARED_CACHE_H
+#define AOAI_SHARED_CACHE_H
+
+#include "httpd.h"
+#include "mod_proxy.h"
+
+#include "aoai_config.h"
+
+/* What the shared cache has done, for the status pages. */
+typedef enum {
+    AOAI_CACHE_SYNCS,             /* syncs that read every member */
+    AOAI_CACHE_SYNC_FAILURES,
+    AOAI_CACHE_PUBLISHED,         /* windows stored */
+    AOAI_CACHE_PUBLISH_FAILURES,
+    AOAI_CACHE_LEARNED,           /* remote windows that moved a local one */
+    AOAI_CACHE_REJECTED,          /* values that were not a window's end */
+    AOAI_CACHE_COUNTER_COUNT
+} aoai_cache_counter;
+
+typedef struct {
+    const char *provider;
+    int reachable;
+    apr_time_t last_sync;         /* 0: none yet */
+    apr_uint64_t counters[AOAI_CACHE_COUNTER_COUNT];
+} aoai_cache_view;
+
+const char *aoai_shared_cache_set(cmd_parms *cmd, void *dummy,
+                                  const char *arg);
+/* AOAISharedCacheSync (cmd->info set) and AOAISharedCacheTimeout. */
+const char *aoai_shared_cache_set_duration(cmd_parms *cmd, void *dummy,
+                                           const char *arg);
+
+int aoai_shared_cache_post_config(apr_pool_t *pconf, server_rec *s,
+                                  const aoai_server_conf *conf);
+void aoai_shared_cache_register_hooks(apr_pool_t *p);
+
+/* A window that moved, handed to this child's publisher; waits for the
+ * store at most AOAISharedCacheTimeout. */
+void aoai_shared_cache_publish(request_rec *r, proxy_balancer *balancer,
+                               proxy_worker *worker, apr_time_t until);
+/* 0 when no cache is configured; else 1 and *view. */
+int aoai_shared_cache_view(aoai_cache_view *view);
+
+#endif /* AOAI_SHARED_CACHE_H */

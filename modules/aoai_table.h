@@ -1,0 +1,115 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * aoai_table: the shared slot table.  One slot per (balancer, member), one
+ * per subscription key's use of a member, one per key's token quota, in
+ * anonymous shared memory that every child sees and a graceful restart
+ * keeps.  It stores what the policies decide (windows, figures, counts)
+ * and knows nothing of what they mean.
+ */
+
+#ifndef AOAI_TABLE_H
+#define AOAI_TABLE_H
+
+#include "httpd.h"
+#include "mod_proxy.h"
+
+#include "aoai_config.h"
+#include "aoai_usage.h"
+
+typedef struct aoai_member_slot aoai_member_slot;
+
+/* Per-member counters.  A subscription key's record for a member uses
+ * SERVED and the token counters. */
+typedef enum {
+    AOAI_COUNT_REQUESTS,          /* requests that reached the member */
+    AOAI_COUNT_SERVED,            /* its answers that went on to the client */
+    AOAI_COUNT_THROTTLED,         /* 429s it answered */
+    AOAI_COUNT_FAILOVERS,         /* attempts on it that moved on to another */
+    AOAI_COUNT_LAST_WINDOW_MS,    /* the window its last 429 asked for */
+    AOAI_COUNT_PROMPT_TOKENS,
+    AOAI_COUNT_COMPLETION_TOKENS,
+    AOAI_COUNT_TOTAL_TOKENS,
+    AOAI_COUNTER_COUNT
+} aoai_counter;
+
+/* A member's last x-ratelimit-remaining-* figure of one kind.  Every word
+ * is read and written with atomics (aoai_headroom.c). */
+typedef struct {
+    volatile apr_uint64_t estimate;     /* apr_int64_t: the figure, less
+                                         * what was sent since */
+    volatile apr_uint64_t reported;     /* apr_int64_t: the figure; -1 none */
+    volatile apr_uint64_t window_start; /* apr_time_t: when the member's
+                                         * allowance was last seen refilled */
+    volatile apr_uint64_t limit;        /* largest figure seen, or its
+                                         * x-ratelimit-limit-* */
+} aoai_headroom_shared;
+
+/* A subscription key's tokens in the current minute (aoai_key_quota.c). */
+typedef struct {
+    volatile apr_uint64_t window_start; /* apr_time_t; 0 before first use */
+    volatile apr_uint64_t used;         /* apr_int64_t */
+} aoai_quota_shared;
+
+/* A copy of a slot's figures, for the status pages. */
+typedef struct {
+    apr_time_t throttle_until;
+    apr_time_t last_throttled;                  /* when its last 429 came */
+    apr_uint64_t counters[AOAI_COUNTER_COUNT];
+    /* Its headroom: what it said it has left, less what was sent since;
+     * remaining is -1 while nothing is known. */
+    apr_int64_t headroom_remaining[AOAI_HEADROOM_KINDS];
+    apr_int64_t headroom_limit[AOAI_HEADROOM_KINDS];
+    apr_time_t headroom_window_start[AOAI_HEADROOM_KINDS];
+} aoai_member_stats;
+
+/* Things logged at most once per interval for a member, across children. */
+typedef enum {
+    AOAI_ONCE_CREDENTIAL,
+    AOAI_ONCE_KINDS
+} aoai_once;
+
+/* post_config, in the parent, once per generation: the table made or kept,
+ * every member of every aoai balancer mapped to its slot. */
+apr_status_t aoai_table_post_config(apr_pool_t *pconf, server_rec *s,
+                                    int table_slots);
+
+/* A member's slot; NULL only when the table is full. */
+aoai_member_slot *aoai_table_member(proxy_balancer *balancer,
+                                    proxy_worker *worker);
+
+apr_time_t aoai_table_window_end(const aoai_member_slot *slot);
+/* 1 when this call moved the window's end (raise-only). */
+int aoai_table_raise_window(aoai_member_slot *slot, apr_time_t until);
+/* A window that no one could publish to the shared cache yet. */
+volatile apr_uint64_t *aoai_table_unpublished(aoai_member_slot *slot);
+aoai_headroom_shared *aoai_table_headroom(aoai_member_slot *slot);
+/* A key's quota slot, by label across every balancer; NULL when full. */
+aoai_quota_shared *aoai_table_key_quota(const char *label);
+
+void aoai_table_count(aoai_member_slot *slot, aoai_counter counter,
+                      apr_uint64_t n);
+/* A 429, counted, with the window it asked for. */
+void aoai_table_note_429(aoai_member_slot *slot, apr_time_t now,
+                         apr_interval_time_t window);
+/* An answer that went to the client: counted on the member and on the
+ * key's record for it, with its tokens when they could be read. */
+void aoai_table_note_served(request_rec *r, proxy_balancer *balancer,
+                            proxy_worker *worker, const char *key_label,
+                            const aoai_usage *usage);
+
+/* 1 to the one caller, in any child, that should log "what" now. */
+int aoai_table_once(aoai_member_slot *slot, aoai_once what, apr_time_t now,
+                    apr_interval_time_t interval);
+/* An unusable header is logged once until a usable one re-arms it:
+ * 1 when the caller is the one that should log. */
+int aoai_table_garbage_once(aoai_member_slot *slot, int garbage);
+
+int aoai_table_stats(const aoai_member_slot *slot, aoai_member_stats *stats);
+typedef void (aoai_table_key_fn)(const char *label,
+                                 const aoai_member_stats *stats, void *baton);
+/* Every subscription key that this member has served. */
+void aoai_table_each_key(const aoai_member_slot *member,
+                         aoai_table_key_fn *fn, void *baton);
+
+#endif /* AOAI_TABLE_H */
