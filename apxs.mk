@@ -19,7 +19,7 @@ SOURCES   = mod_aoai_balancer.c modules/aoai_lbmethod.c modules/aoai_throttle.c 
             modules/aoai_shared_cache.c modules/aoai_headroom.c \
             modules/aoai_key_quota.c modules/aoai_deployments.c
 HEADERS   = modules/aoai_balancer.h
-MOCK_SRC  = t/mock/mod_aoai_mock.c
+MOCK_SRC  = t/mock/mod_aoai_mock.c t/mock/aoai_mock_settings.c t/mock/aoai_mock_quota.c t/mock/aoai_mock_store.c t/mock/aoai_mock_objects.c t/mock/aoai_mock_assistants.c t/mock/aoai_mock_responses.c
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g -O1
 
 LIBEXECDIR := $(shell $(APXS) -q LIBEXECDIR)
