@@ -96,6 +96,7 @@ static const char *token_at(apr_pool_t *p, const char *name, int i)
          : apr_psprintf(p, " %d", i);
 }
 
+/* {"token":...,"logprob":...,"bytes":[...] with the object left open */
 static char *put_token(char *at, const char *token, double logprob)
 {
     const unsigned char *u;
@@ -107,7 +108,7 @@ static char *put_token(char *at, const char *token, double logprob)
         at += sprintf(at, "%s%u", u == (const unsigned char *)token ? "" : ",",
                       *u);
     }
-    return at + sprintf(at, "]");
+    return at + sprintf(at, "]");  /* the caller closes the object */
 }
 
 char *mock_logprobs_text(apr_pool_t *p, const char *name, int tokens, int top,
@@ -125,12 +126,13 @@ char *mock_logprobs_text(apr_pool_t *p, const char *name, int tokens, int top,
         pieces[i].iov_base = (void *)token;
         pieces[i].iov_len = strlen(token);
         at += sprintf(at, "%s", i ? "," : "");
-        at = put_token(at, token, -0.0001 * (i % 97));
+        at = put_token(at, token, 0.0 - 0.0001 * (i % 97));
         at += sprintf(at, "%s", ",\"top_logprobs\":[");
         for (j = 0; j < top; j++) {
             at += sprintf(at, "%s", j ? "," : "");
             at = put_token(at, j ? apr_psprintf(p, " alt%d", j) : token,
-                           -0.0001 * (i % 97) - 0.5 * j);
+                           0.0 - 0.0001 * (i % 97) - 0.5 * j);
+            *at++ = '}';
         }
         at += sprintf(at, "]}");
     }
