@@ -16,6 +16,7 @@
 #include "http_protocol.h"
 #include "apr_strings.h"
 
+#include <stdarg.h>
 #include <sys/uio.h>
 
 /* ------------------------------------------------------------------ */
@@ -96,47 +97,63 @@ static const char *token_at(apr_pool_t *p, const char *name, int i)
          : apr_psprintf(p, " %d", i);
 }
 
-/* {"token":...,"logprob":...,"bytes":[...] with the object left open */
-static char *put_token(char *at, const char *token, double logprob)
+/* Text written into a buffer sized beforehand; never past its end. */
+typedef struct {
+    char *at, *end;
+} text_out;
+
+static void put(text_out *o, const char *format, ...)
+{
+    va_list ap;
+
+    va_start(ap, format);
+    o->at += apr_vsnprintf(o->at, o->end - o->at, format, ap);
+    va_end(ap);
+}
+
+/* {"token":...,"logprob":...,"bytes":[...]}; tokens are plain ASCII, so
+ * they need no escaping */
+static void put_token(text_out *o, const char *token, double logprob,
+                      const char *more)
 {
     const unsigned char *u;
 
-    /* tokens are plain ASCII: no escaping needed */
-    at += sprintf(at, "{\"token\":\"%s\",\"logprob\":%.4f,\"bytes\":[", token,
-                  logprob);
+    put(o, "{\"token\":\"%s\",\"logprob\":%.4f,\"bytes\":[", token, logprob);
     for (u = (const unsigned char *)token; *u; u++) {
-        at += sprintf(at, "%s%u", u == (const unsigned char *)token ? "" : ",",
-                      *u);
+        put(o, "%s%u", u == (const unsigned char *)token ? "" : ",", *u);
     }
-    return at + sprintf(at, "]");  /* the caller closes the object */
+    put(o, "]%s", more);
 }
 
 char *mock_logprobs_text(apr_pool_t *p, const char *name, int tokens, int top,
                          char **content)
 {
-    apr_size_t longest = strlen(name) + 16;
-    char *text = apr_palloc(p, (apr_size_t)tokens * (top + 1) * (6 * longest + 64)
-                               + 64);
-    char *at = text + sprintf(text, "{\"content\":[");
+    /* an entry: its token, and 4 characters a byte of it; 64 around them */
+    apr_size_t entry = 5 * (strlen(name) + 16) + 64;
+    apr_size_t size = (apr_size_t)tokens * (top + 1) * entry + 64;
+    text_out o;
     struct iovec *pieces = apr_palloc(p, tokens * sizeof(*pieces));
+    char *text = apr_palloc(p, size);
     int i, j;
 
+    o.at = text;
+    o.end = text + size;
+    put(&o, "{\"content\":[");
     for (i = 0; i < tokens; i++) {
         const char *token = token_at(p, name, i);
+        double logprob = 0.0 - 0.0001 * (i % 97);
         pieces[i].iov_base = (void *)token;
         pieces[i].iov_len = strlen(token);
-        at += sprintf(at, "%s", i ? "," : "");
-        at = put_token(at, token, 0.0 - 0.0001 * (i % 97));
-        at += sprintf(at, "%s", ",\"top_logprobs\":[");
+        put(&o, "%s", i ? "," : "");
+        put_token(&o, token, logprob, ",\"top_logprobs\":[");
         for (j = 0; j < top; j++) {
-            at += sprintf(at, "%s", j ? "," : "");
-            at = put_token(at, j ? apr_psprintf(p, " alt%d", j) : token,
-                           0.0 - 0.0001 * (i % 97) - 0.5 * j);
-            *at++ = '}';
+            put(&o, "%s", j ? "," : "");
+            put_token(&o, j ? apr_psprintf(p, " alt%d", j) : token,
+                      logprob - 0.5 * j, "}");
         }
-        at += sprintf(at, "]}");
+        put(&o, "]}");
     }
-    sprintf(at, "],\"refusal\":null}");
+    put(&o, "],\"refusal\":null}");
     *content = apr_pstrcatv(p, pieces, tokens, NULL);
     return text;
 }

@@ -886,12 +886,15 @@ static int answer_logprobs(mock_call *c, int prompt_tokens,
     json_t *top = json_object_get(c->json, "top_logprobs");
     int n = json_is_integer(top) ? (int)json_integer_value(top) : 0;
     char *content, *logprobs, *text, *at;
+    json_t *doc;
 
     n = n < 0 ? 0 : n > 20 ? 20 : n;
     logprobs = mock_logprobs_text(c->r->pool, c->m->name, completion_tokens,
                                   n, &content);
-    text = json_dumps(chat_doc(c, content, json_string(LOGPROBS_MARK),
-                               prompt_tokens, completion_tokens), JSON_COMPACT);
+    doc = chat_doc(c, content, json_string(LOGPROBS_MARK), prompt_tokens,
+                   completion_tokens);
+    text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
     at = strstr(text, "\"" LOGPROBS_MARK "\"");
     *at = '\0';
     at = apr_pstrcat(c->r->pool, text, logprobs,
