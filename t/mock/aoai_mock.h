@@ -135,6 +135,7 @@ typedef struct {
     const char *rest;          /* /openai[/v1] stripped: "files/..." */
     int v1;
     int fault_now;
+    int references_checked;    /* mock_check_references has run */
 } mock_call;
 
 /* Rate-limit decision for one call. */

@@ -284,7 +284,7 @@ static void files_not_found(mock_call *c, apr_array_header_t *ids)
 }
 
 /* OK when every id the body names is this member's; else the answer has
- * been sent and its status is returned. */
+ * been sent and its status is returned.  Once per call. */
 int mock_check_references(mock_call *c)
 {
     walk_state w;
@@ -292,9 +292,10 @@ int mock_check_references(mock_call *c)
     static const int order[] = { K_RESPONSE, K_ASSISTANT, K_THREAD,
                                  K_VECTOR_STORE, K_FILE };
 
-    if (!c->json) {
+    if (!c->json || c->references_checked) {
         return OK;
     }
+    c->references_checked = 1;
     w.store = &c->m->store;
     for (kind = 0; kind < K_COUNT; kind++) {
         w.missing[kind] = apr_array_make(c->r->pool, 2, sizeof(const char *));
