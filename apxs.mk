@@ -33,7 +33,10 @@ SOURCES   = $(APR_ONLY) \
             modules/aoai_failover.c modules/aoai_status.c \
             mod_aoai_balancer.c
 HEADERS   = $(wildcard modules/*.h)
-MOCK_SRC  = t/mock/mod_aoai_mock.c
+MOCK_SRC  = t/mock/mod_aoai_mock.c t/mock/aoai_mock_settings.c \
+            t/mock/aoai_mock_quota.c t/mock/aoai_mock_store.c \
+            t/mock/aoai_mock_objects.c t/mock/aoai_mock_assistants.c \
+            t/mock/aoai_mock_responses.c
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g -O1
 
 LIBEXECDIR := $(shell $(APXS) -q LIBEXECDIR)
@@ -64,7 +67,7 @@ build/sanitize/.libs/mod_aoai_balancer.so: $(SOURCES) $(HEADERS) apxs.mk
 
 mock: t/mock/.libs/mod_aoai_mock.so
 
-t/mock/.libs/mod_aoai_mock.so: $(MOCK_SRC) apxs.mk
+t/mock/.libs/mod_aoai_mock.so: $(MOCK_SRC) t/mock/aoai_mock.h apxs.mk
 	$(APXS) -c $(foreach f,$(WARNINGS),-Wc,$(f)) -o t/mock/mod_aoai_mock.la \
 	    $(MOCK_SRC) -ljansson -lcrypto
 

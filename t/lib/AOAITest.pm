@@ -312,11 +312,22 @@ package AOAITest;
 
 # start_mock(members => [ { name => 'farm0', quota => '20 10000',
 #                           api_key => 'k', stream => '5 20',
-#                           tls => [ $cert, $key ] }, ... ])
+#                           tls => [ $cert, $key ],
+#                           deployments => [ 'gpt-4o', ... ],
+#                           set => { window_mode => 'wall_clock', ... },
+#                           compress => 'on' }, ... ])
+# deployments, set and compress are AOAIMockDeployments, AOAIMockSet lines
+# (see t/mock/mod_aoai_mock.c); compress, on or off, also loads mod_deflate,
+# which the member then needs to gzip its answers when told to.
 sub start_mock {
     my (%o) = @_;
-    my (%member_port, %member_tls, @ports, $vhosts);
+    my (%member_port, %member_tls, @ports, $vhosts, $deflate);
     for my $member (@{ $o{members} }) {
+        my %set = %{ $member->{set} || {} };
+        if (defined $member->{compress}) {
+            $set{compress} = $member->{compress};
+            $deflate = 1;
+        }
         my $port = free_port();
         push @ports, $port;
         $member_port{ $member->{name} } = $port;
@@ -331,9 +342,13 @@ sub start_mock {
                  . ($member->{bearer} ? "    AOAIMockBearer $member->{bearer}\n" : '')
                  . ($member->{quota} ? "    AOAIMockQuota $member->{quota}\n" : '')
                  . ($member->{stream} ? "    AOAIMockStream $member->{stream}\n" : '')
+                 . ($member->{deployments}
+                    ? "    AOAIMockDeployments @{ $member->{deployments} }\n" : '')
+                 . join('', map { "    AOAIMockSet $_ $set{$_}\n" } sort keys %set)
                  . "</VirtualHost>\n";
     }
-    my $modules = load_modules('authz_core', %member_tls ? qw(socache_shmcb ssl) : ())
+    my $modules = load_modules('authz_core', %member_tls ? qw(socache_shmcb ssl) : (),
+                               $deflate ? 'deflate' : ())
         . "LoadModule aoai_mock_module $TOP/t/mock/.libs/mod_aoai_mock.so\n";
     my $mock = AOAITest::Mock->start(
         name => $o{name} || 'mock', ports => \@ports, mpm => 'single',
