@@ -29,7 +29,8 @@ SOURCES   = $(APR_ONLY) \
             modules/aoai_deployments.c modules/aoai_front_door.c \
             modules/aoai_shared_cache.c modules/aoai_throttle.c \
             modules/aoai_lbmethod.c modules/aoai_kept_body.c \
-            modules/aoai_first_byte.c modules/aoai_answers.c \
+            modules/aoai_first_byte.c modules/aoai_metering.c \
+            modules/aoai_answers.c \
             modules/aoai_failover.c modules/aoai_status.c \
             mod_aoai_balancer.c
 HEADERS   = $(wildcard modules/*.h)

@@ -23,7 +23,7 @@
  *   policies      aoai_headroom, aoai_key_quota, aoai_deployments,
  *                 aoai_front_door, aoai_shared_cache, aoai_throttle
  *   request path  aoai_lbmethod, aoai_kept_body, aoai_first_byte,
- *                 aoai_answers, aoai_failover
+ *                 aoai_metering, aoai_answers, aoai_failover
  *   pages         aoai_status
  */
 

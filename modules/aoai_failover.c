@@ -53,6 +53,7 @@
 #include "aoai_kept_body.h"
 #include "aoai_key_quota.h"
 #include "aoai_lbmethod.h"
+#include "aoai_metering.h"
 #include "aoai_request.h"
 #include "aoai_table.h"
 #include "aoai_throttle.h"
@@ -107,48 +108,7 @@ typedef enum {
 /* ------------------------------------------------------------------ */
 /* The answer, at its first brigade                                     */
 
-/* Answers whose usage can be read: a 2xx JSON body or SSE stream, not
- * compressed (the member compresses only when the client asked). */
-static aoai_usage_scan *usage_scan_for(request_rec *r)
-{
-    const char *type = r->content_type;
-    const char *encoding = apr_table_get(r->headers_out, "Content-Encoding");
 
-    if (!ap_is_HTTP_SUCCESS(r->status) || !type
-        || (encoding && ap_cstr_casecmp(encoding, "identity"))) {
-        return NULL;
-    }
-    if (!ap_cstr_casecmpn(type, "application/json", 16)) {
-        return aoai_usage_scan_start(r->pool, 0);
-    }
-    if (!ap_cstr_casecmpn(type, "text/event-stream", 17)) {
-        return aoai_usage_scan_start(r->pool, 1);
-    }
-    return NULL;
-}
-
-/* A copy of the answer's bytes for the usage scanner; the brigade itself
- * goes on to the client untouched. */
-static void read_usage(request_rec *r, aoai_usage_scan *scan,
-                       apr_bucket_brigade *bb)
-{
-    apr_bucket *b;
-
-    for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb);
-         b = APR_BUCKET_NEXT(b)) {
-        const char *data;
-        apr_size_t length;
-
-        if (APR_BUCKET_IS_METADATA(b)) {
-            continue;
-        }
-        if (apr_bucket_read(b, &data, &length, APR_BLOCK_READ)
-            != APR_SUCCESS) {
-            return;
-        }
-        aoai_usage_scan_feed(r->pool, scan, data, length);
-    }
-}
 
 typedef enum {
     AOAI_BRIGADE_EMPTY,     /* only flushes: nothing of the answer yet */
@@ -185,7 +145,7 @@ static int is_last_word(request_rec *r, aoai_call *call)
 
 /* The answer goes to the client: the member's figures are noted, the
  * client learns which member served (and its key's allowance), and the
- * answer's usage is read as it passes. */
+ * answer's tokens are metered as it passes (aoai_metering.c). */
 static apr_status_t pass_answer(ap_filter_t *f, aoai_call *call,
                                 apr_bucket_brigade *bb)
 {
@@ -205,12 +165,11 @@ static apr_status_t pass_answer(ap_filter_t *f, aoai_call *call,
         apr_table_setn(r->headers_out, call->conf->backend_header,
                        aoai_balancers_label(call->attempt.worker));
     }
-    call->usage = usage_scan_for(r);
-    if (!call->usage) {
+    if (!aoai_metering_start(r, call)) {
         ap_remove_output_filter(f);
         return ap_pass_brigade(f->next, bb);
     }
-    read_usage(r, call->usage, bb);
+    aoai_metering_feed(r, call, bb);
     return ap_pass_brigade(f->next, bb);
 }
 
@@ -221,7 +180,7 @@ static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
     aoai_brigade_verdict verdict;
 
     if (call && call->passed && call->usage) {
-        read_usage(r, call->usage, bb);
+        aoai_metering_feed(r, call, bb);
         return ap_pass_brigade(f->next, bb);
     }
     if (!call || !call->attempt.running || call->passed) {
@@ -391,33 +350,8 @@ static void note_result(request_rec *r, aoai_call *call,
  * and its tokens, when they could be read, go to the access log too. */
 static void note_served(request_rec *r, aoai_call *call)
 {
-    static const struct {
-        const char *env;
-        const char *note;
-    } names[] = {
-        { "AOAI_PROMPT_TOKENS", "aoai-prompt-tokens" },
-        { "AOAI_COMPLETION_TOKENS", "aoai-completion-tokens" },
-        { "AOAI_TOTAL_TOKENS", "aoai-total-tokens" },
-    };
-    const aoai_usage *usage = NULL;
-
-    if (call->usage && aoai_usage_scan_finish(call->usage)) {
-        apr_int64_t counts[3];
-        apr_size_t i;
-
-        usage = &call->usage->usage;
-        counts[0] = usage->prompt_tokens;
-        counts[1] = usage->completion_tokens;
-        counts[2] = usage->total_tokens;
-        for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-            const char *value = apr_psprintf(r->pool, "%" APR_INT64_T_FMT,
-                                             counts[i]);
-            apr_table_setn(r->subprocess_env, names[i].env, value);
-            apr_table_setn(r->notes, names[i].note, value);
-        }
-    }
     aoai_table_note_served(r, call->balancer, call->attempt.worker,
-                            call->key_label, usage);
+                           call->key_label, aoai_metering_finish(r, call));
 }
 
 /* The member's own credential on the request, or a failed attempt: the
@@ -755,9 +689,8 @@ static int aoai_proxy_handler(request_rec *r)
         note_result(r, call, NULL);
         rc = aoai_answers_exhausted(call, flow.last_failure_status);
     }
-    aoai_key_quota_settle(call, call->passed && call->usage
-                                && call->usage->found
-                                ? &call->usage->usage : NULL);
+    aoai_key_quota_settle(call, call->passed ? aoai_metering_result(call)
+                                             : NULL);
     aoai_kept_body_done(flow.body);
     proxy_run_request_status(&rc, r);
     return rc;

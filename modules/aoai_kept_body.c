@@ -38,21 +38,21 @@ static apr_status_t kept_body_filter(ap_filter_t *f, apr_bucket_brigade *bb,
         && mode != AP_MODE_EXHAUSTIVE) {
         return APR_ENOTIMPL;
     }
-    length = kept->length - kept->offset;
+    length = kept->send_length - kept->offset;
     if (mode != AP_MODE_EXHAUSTIVE && readbytes >= 0
         && (apr_off_t)length > readbytes) {
         length = (apr_size_t)readbytes;
     }
     if (length) {
         APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_pool_create(
-            kept->data + kept->offset, length, f->r->pool,
+            kept->send + kept->offset, length, f->r->pool,
             f->c->bucket_alloc));
         if (mode != AP_MODE_SPECULATIVE) {
             kept->offset += length;
         }
     }
     if (kept->offset + (mode == AP_MODE_SPECULATIVE ? length : 0)
-        >= kept->length) {
+        >= kept->send_length) {
         APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(f->c->bucket_alloc));
     }
     return APR_SUCCESS;
@@ -122,7 +122,7 @@ int aoai_kept_body_read(request_rec *r, apr_off_t max_body,
     apr_bucket_brigade *collected;
     int rc;
 
-    kept->data = "";
+    kept->data = kept->send = "";
     *out = kept;
     if (!ap_request_has_body(r)) {
         return OK;
@@ -137,7 +137,8 @@ int aoai_kept_body_read(request_rec *r, apr_off_t max_body,
     if (!APR_BRIGADE_EMPTY(collected)) {
         char *flat;
         apr_brigade_pflatten(collected, &flat, &kept->length, r->pool);
-        kept->data = flat;
+        kept->data = kept->send = flat;
+        kept->send_length = kept->length;
     }
     apr_brigade_destroy(collected);
     apr_table_unset(r->headers_in, "Transfer-Encoding");
@@ -149,6 +150,10 @@ int aoai_kept_body_read(request_rec *r, apr_off_t max_body,
 void aoai_kept_body_replay(request_rec *r, aoai_kept_body *kept)
 {
     kept->offset = 0;
+    if (kept->send_length != kept->length) {
+        apr_table_setn(r->headers_in, "Content-Length",
+                       apr_off_t_toa(r->pool, (apr_off_t)kept->send_length));
+    }
     if (!kept->filter) {
         kept->filter = ap_add_input_filter_handle(kept_body_filter_handle,
                                                   kept, r, r->connection);
@@ -160,6 +165,32 @@ void aoai_kept_body_done(aoai_kept_body *kept)
     if (kept->filter) {
         ap_remove_input_filter(kept->filter);
         kept->filter = NULL;
+    }
+}
+
+json_t *aoai_kept_body_json(request_rec *r, aoai_kept_body *kept)
+{
+    if (!kept->parsed) {
+        json_t *json = kept->length
+                       ? json_loadb(kept->data, kept->length,
+                                    JSON_REJECT_DUPLICATES, NULL)
+                       : NULL;
+        kept->parsed = 1;
+        kept->json = json_is_object(json) ? json : NULL;
+        aoai_json_own(r->pool, json);
+    }
+    return kept->json;
+}
+
+/* The whole body is written again: a member reads it whole anyway, and
+ * only the calls whose body must change pay for it. */
+void aoai_kept_body_changed(request_rec *r, aoai_kept_body *kept)
+{
+    char *text = aoai_json_text(r->pool, kept->json, JSON_COMPACT
+                                                     | JSON_PRESERVE_ORDER);
+    if (text) {
+        kept->send = text;
+        kept->send_length = strlen(text);
     }
 }
 

@@ -11,19 +11,30 @@
 #include "httpd.h"
 #include "util_filter.h"
 
+#include <jansson.h>
+
 typedef struct {
-    const char *data;
+    const char *data;              /* as the client sent it */
     apr_size_t length;
+    const char *send;              /* what the next replay sends */
+    apr_size_t send_length;
     apr_size_t offset;             /* replayed so far */
     ap_filter_t *filter;           /* the replay, while it is in place */
+    json_t *json;                  /* parsed, once asked for */
+    int parsed;                    /* json holds the answer, NULL or not */
 } aoai_kept_body;
 
 /* Reads the client's body, at most max_body bytes: OK and *out, or the
  * status the client earned (413, 400, 408...) with *why for it. */
 int aoai_kept_body_read(request_rec *r, apr_off_t max_body,
                         aoai_kept_body **out, const char **why);
-/* From the start, for the next member. */
+/* From the start, for the next member, with its Content-Length. */
 void aoai_kept_body_replay(request_rec *r, aoai_kept_body *kept);
+/* The body as a JSON object, parsed once and owned by the request's pool;
+ * NULL when it is not one.  A caller may change it, then call
+ * aoai_kept_body_changed() for the change to be what members are sent. */
+json_t *aoai_kept_body_json(request_rec *r, aoai_kept_body *kept);
+void aoai_kept_body_changed(request_rec *r, aoai_kept_body *kept);
 void aoai_kept_body_done(aoai_kept_body *kept);
 /* Whether the body asks for a stream ("stream": true). */
 int aoai_kept_body_streamed(const aoai_kept_body *kept);

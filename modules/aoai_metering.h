@@ -1,0 +1,29 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * aoai_metering: the tokens of the answer that went to the client, read as
+ * it passes (aoai_usage.c does the reading), for the counters, the log
+ * fields and the key's quota.
+ */
+
+#ifndef AOAI_METERING_H
+#define AOAI_METERING_H
+
+#include "httpd.h"
+
+#include "aoai_request.h"
+#include "aoai_usage.h"
+
+/* The answer is going to the client, its status and headers set: 1 when
+ * its bytes are to be metered (handed to aoai_metering_feed()). */
+int aoai_metering_start(request_rec *r, aoai_call *call);
+/* A brigade of the answer on its way to the client. */
+void aoai_metering_feed(request_rec *r, aoai_call *call,
+                        apr_bucket_brigade *bb);
+/* The answer is over: its usage, when it could be read (also set for the
+ * access log as AOAI_PROMPT_TOKENS, ...), else NULL. */
+const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call);
+/* What aoai_metering_finish() found, or NULL. */
+const aoai_usage *aoai_metering_result(const aoai_call *call);
+
+#endif /* AOAI_METERING_H */
