@@ -19,9 +19,11 @@
  *
  *   APR only      aoai_window, aoai_ratelimit, aoai_json, aoai_usage,
  *                 aoai_keyfile
- *   state         aoai_config, aoai_balancers, aoai_table, aoai_request
- *   policies      aoai_headroom, aoai_key_quota, aoai_deployments,
- *                 aoai_front_door, aoai_shared_cache, aoai_throttle
+ *   state         aoai_config, aoai_balancers, aoai_table, aoai_request,
+ *                 aoai_affinity
+ *   policies      aoai_headroom, aoai_key_quota, aoai_front_door,
+ *                 aoai_shared_cache, aoai_objects, aoai_deployments,
+ *                 aoai_operations, aoai_throttle, aoai_verdict
  *   request path  aoai_lbmethod, aoai_kept_body, aoai_first_byte,
  *                 aoai_metering, aoai_answers, aoai_failover
  *   pages         aoai_status
@@ -37,6 +39,8 @@
 #include "aoai_kept_body.h"
 #include "aoai_key_quota.h"
 #include "aoai_lbmethod.h"
+#include "aoai_objects.h"
+#include "aoai_operations.h"
 #include "aoai_shared_cache.h"
 #include "aoai_status.h"
 #include "aoai_table.h"
@@ -100,6 +104,21 @@ static const command_rec aoai_cmds[] =
                    RSRC_CONF | ACCESS_CONF,
                    "route deployment [name-at-member]: a deployment this "
                    "member serves, and what the member calls it"),
+    AP_INIT_FLAG("AOAIObjectAffinity", aoai_objects_set_affinity, NULL,
+                 RSRC_CONF | ACCESS_CONF,
+                 "On (default): a call naming a stored object goes to the "
+                 "member that holds it"),
+    AP_INIT_TAKE1("AOAIObjectLifetime", aoai_objects_set_lifetime, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "How long the member an object was made on is remembered "
+                  "(default 30 days, as Azure keeps responses)"),
+    AP_INIT_TAKE1("AOAIObjectTableSize", aoai_objects_set_table_size, NULL,
+                  RSRC_CONF,
+                  "Objects remembered in shared memory (default 65536)"),
+    AP_INIT_TAKE1("AOAIOperations", aoai_operations_set, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "A file of 'METHOD /path/{param}' lines: the only "
+                  "operations let through (or Off, the default)"),
     AP_INIT_TAKE1("AOAIThrottleTableSize", aoai_config_set_table_size, NULL, RSRC_CONF,
                   "Slots in the shared throttle table (default 512)"),
     AP_INIT_TAKE1("AOAISharedCache", aoai_shared_cache_set, NULL, RSRC_CONF,
@@ -156,7 +175,8 @@ static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     if (aoai_lbmethod_post_config(s) != OK) {
         return !OK;
     }
-    if (aoai_table_post_config(pconf, s, conf->table_slots) != APR_SUCCESS) {
+    if (aoai_table_post_config(pconf, s, conf->table_slots) != APR_SUCCESS
+        || aoai_objects_post_config(s) != OK) {
         return !OK;
     }
     return aoai_shared_cache_post_config(pconf, s, conf);

@@ -11,6 +11,7 @@
 
 #include "aoai_answers.h"
 #include "aoai_json.h"
+#include "aoai_table.h"
 #include "aoai_throttle.h"
 
 #include "apr_strings.h"
@@ -65,15 +66,34 @@ static apr_int64_t set_retry_after(request_rec *r, apr_interval_time_t wait,
     return wait_s;
 }
 
+/* When a member that could take the call is back: the member holding the
+ * call's objects, when it names some, else the soonest of them all. */
+static apr_time_t back_at(aoai_call *call, apr_time_t now)
+{
+    apr_time_t end;
+
+    if (!call->objects.owner) {
+        return aoai_throttle_soonest_end(call->balancer, now);
+    }
+    end = aoai_table_window_end(aoai_table_member(call->balancer,
+                                                  call->objects.owner));
+    return end > now ? end : 0;
+}
+
 int aoai_answers_exhausted(aoai_call *call, int last_failure_status)
 {
     request_rec *r = call->r;
     apr_time_t now = apr_time_now();
-    apr_time_t soonest = aoai_throttle_soonest_end(call->balancer, now);
+    apr_time_t soonest = back_at(call, now);
     apr_int64_t wait_s = soonest ? set_retry_after(r, soonest - now, 0) : 0;
     const char *message;
     int status;
 
+    if (call->objects.probing && soonest
+        && call->picks.skipped_throttled->nelts) {
+        /* Not found where asked; a member in a window may hold it. */
+        last_failure_status = 0;
+    }
     if (last_failure_status == HTTP_TOO_MANY_REQUESTS
         || (!last_failure_status && soonest)) {
         status = HTTP_TOO_MANY_REQUESTS;

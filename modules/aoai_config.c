@@ -16,7 +16,7 @@
 
 static void set_default_failover(aoai_dir_conf *conf)
 {
-    static const int statuses[] = { 429, 500, 502, 503, 504 };
+    static const int statuses[] = { 401, 403, 429, 500, 502, 503, 504 };
     apr_size_t i;
 
     memset(conf->failover_status, 0, sizeof(conf->failover_status));
@@ -41,6 +41,8 @@ void *aoai_config_create_dir(apr_pool_t *p, char *dir)
         AOAI_DEFAULT_HEADROOM_REQUESTS_WINDOW;
     conf->headroom_window[AOAI_HEADROOM_TOKENS] =
         AOAI_DEFAULT_HEADROOM_TOKENS_WINDOW;
+    conf->object_affinity = 1;
+    conf->object_lifetime = AOAI_DEFAULT_OBJECT_LIFETIME;
     set_default_failover(conf);
     return conf;
 }
@@ -92,6 +94,9 @@ void *aoai_config_merge_dir(apr_pool_t *p, void *basev, void *addv)
     MERGE(keys);
     MERGE(key_header);
     MERGE(first_byte_timeout);
+    MERGE(object_affinity);
+    MERGE(object_lifetime);
+    MERGE(operations);
 #undef MERGE
     conf->first_byte_all = add->first_byte_timeout_set ? add->first_byte_all
                                                        : base->first_byte_all;
@@ -110,6 +115,7 @@ void *aoai_config_create_server(apr_pool_t *p, server_rec *s)
 
     (void)s;
     conf->table_slots = AOAI_DEFAULT_TABLE_SLOTS;
+    conf->object_entries = AOAI_DEFAULT_OBJECT_ENTRIES;
     conf->cache_sync = AOAI_DEFAULT_CACHE_SYNC;
     conf->cache_timeout = AOAI_DEFAULT_CACHE_TIMEOUT;
     return conf;
@@ -243,6 +249,12 @@ const char *aoai_config_set_failover_on(cmd_parms *cmd, void *dconf,
         return apr_psprintf(cmd->pool, "AOAIFailoverOn: status %s is outside "
                             "400-599; only a failed answer can fail over",
                             arg);
+    }
+    if (status == 400) {
+        return apr_psprintf(cmd->pool, "AOAIFailoverOn: 400 is the call's own "
+                            "error (a content filter, context_length_"
+                            "exceeded, a bad request): every member would "
+                            "answer the same, so it never fails over");
     }
     status -= 400;
     conf->failover_status[status / 32] |= 1u << (status % 32);

@@ -41,6 +41,8 @@ extern module AP_MODULE_DECLARE_DATA aoai_balancer_module;
 #define AOAI_DEFAULT_HEADROOM_TOKENS_WINDOW   apr_time_from_sec(60)
 #define AOAI_DEFAULT_CACHE_SYNC      apr_time_from_msec(250)
 #define AOAI_DEFAULT_CACHE_TIMEOUT   apr_time_from_msec(50)
+#define AOAI_DEFAULT_OBJECT_ENTRIES  65536
+#define AOAI_DEFAULT_OBJECT_LIFETIME apr_time_from_sec(30 * 86400)
 
 /* Failure classes that can be named in AOAIFailoverOn besides statuses. */
 #define AOAI_FAIL_CONNECTION  0x1   /* refused, reset, closed, no answer */
@@ -82,6 +84,9 @@ typedef struct {
     const char *member_name;/* what the member calls it */
 } aoai_deployment;
 
+/* AOAIOperations: the operations a balancer lets through. */
+typedef struct aoai_operations aoai_operations;
+
 typedef struct {
     apr_interval_time_t throttle_default;  /* window when a 429 names none */
     apr_interval_time_t throttle_max;      /* no window is longer than this */
@@ -99,6 +104,9 @@ typedef struct {
     apr_interval_time_t headroom_window[AOAI_HEADROOM_KINDS];
     apr_array_header_t *key_quotas;        /* aoai_key_quota */
     apr_array_header_t *deployments;       /* aoai_deployment */
+    int object_affinity;                   /* AOAIObjectAffinity */
+    apr_interval_time_t object_lifetime;   /* AOAIObjectLifetime */
+    const aoai_operations *operations;     /* NULL: every call goes */
     unsigned int throttle_default_set:1;
     unsigned int throttle_max_set:1;
     unsigned int max_body_set:1;
@@ -107,6 +115,9 @@ typedef struct {
     unsigned int keys_set:1;
     unsigned int key_header_set:1;
     unsigned int first_byte_timeout_set:1;
+    unsigned int object_affinity_set:1;
+    unsigned int object_lifetime_set:1;
+    unsigned int operations_set:1;
     unsigned int headroom_floor_set:AOAI_HEADROOM_KINDS;   /* by kind */
     unsigned int headroom_window_set:AOAI_HEADROOM_KINDS;
 } aoai_dir_conf;
@@ -117,6 +128,7 @@ struct ap_socache_instance_t;
 /* Only the main server's is used: every directive here is global. */
 typedef struct {
     int table_slots;
+    int object_entries;                   /* AOAIObjectTableSize */
     const struct ap_socache_provider_t *cache_provider; /* NULL: not shared */
     struct ap_socache_instance_t *cache_instance;
     const char *cache_provider_name;

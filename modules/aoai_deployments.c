@@ -18,6 +18,7 @@
  */
 
 #include "aoai_deployments.h"
+#include "aoai_affinity.h"
 #include "aoai_balancers.h"
 
 #include "apr_lib.h"
@@ -110,61 +111,130 @@ static const char *deployment_in(apr_pool_t *pool, const char *path,
     return apr_pstrmemdup(pool, at, n);
 }
 
-/* Which members serve the call's deployment, and by which name.  Returns
- * OK, or HTTP_NOT_FOUND when none does. */
-int aoai_deployments_route(aoai_call *call, const char *uri)
+/* API paths (after /openai/) whose deployment is the body's "model". */
+static const char *const model_paths[] = {
+    "v1/chat/completions", "v1/completions", "v1/embeddings", "v1/responses",
+    "responses", "v1/images/generations", "v1/audio/speech"
+};
+
+int aoai_deployments_by_model(const request_rec *r, const char *uri)
+{
+    const char *at = strstr(uri, "/openai/");
+    apr_size_t length, i;
+
+    if (!at || r->method_number != M_POST) {
+        return 0;
+    }
+    at += 8;
+    length = strcspn(at, "?#");
+    for (i = 0; i < sizeof(model_paths) / sizeof(model_paths[0]); i++) {
+        if (length == strlen(model_paths[i])
+            && !memcmp(at, model_paths[i], length)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The name each member has for the call's deployment, when members
+ * declare theirs. */
+static int route_declared(aoai_call *call)
 {
     const apr_array_header_t *declared = call->conf->deployments;
-    aoai_route *route_of_call = &call->route;
+    aoai_route *route = &call->route;
     proxy_balancer *balancer = call->balancer;
     proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
-    const char *start;
-    apr_size_t length;
     int i, j, serving = 0;
 
-    if (!declared
-        || !(route_of_call->name = deployment_in(call->r->pool, uri, &start,
-                                                 &length))) {
-        return OK;
-    }
-    route_of_call->slots = aoai_balancers_slots(balancer);
-    route_of_call->at_member = apr_pcalloc(call->r->pool,
-        route_of_call->slots * sizeof(*route_of_call->at_member));
+    route->slots = aoai_balancers_slots(balancer);
+    route->at_member = apr_pcalloc(call->r->pool,
+                                   route->slots * sizeof(*route->at_member));
     for (i = 0; i < balancer->workers->nelts; i++) {
-        const char *route = workers[i]->s->route;
+        const char *member_route = workers[i]->s->route;
         /* Declaring nothing is serving everything under its own name. */
-        const char *at_member = route_of_call->name;
+        const char *at_member = route->name;
 
         for (j = 0; j < declared->nelts; j++) {
             const aoai_deployment *d = &APR_ARRAY_IDX(declared, j,
                                                       aoai_deployment);
-            if (strcmp(d->route, route)) {
+            if (strcmp(d->route, member_route)) {
                 continue;
             }
             at_member = NULL;
-            if (!ap_cstr_casecmp(d->name, route_of_call->name)) {
+            if (!ap_cstr_casecmp(d->name, route->name)) {
                 at_member = d->member_name;
                 break;
             }
         }
         if (at_member && workers[i]->s->index >= 0
-            && workers[i]->s->index < route_of_call->slots) {
-            route_of_call->at_member[workers[i]->s->index] = at_member;
+            && workers[i]->s->index < route->slots) {
+            route->at_member[workers[i]->s->index] = at_member;
             serving++;
         }
     }
     return serving ? OK : HTTP_NOT_FOUND;
 }
 
+int aoai_deployments_route(aoai_call *call, const char *uri,
+                           const char *model)
+{
+    const char *start;
+    apr_size_t length;
+
+    call->route.by_model = model != NULL;
+    call->route.name = model ? model
+                             : deployment_in(call->r->pool, uri, &start,
+                                             &length);
+    if (!call->route.name || !call->conf->deployments) {
+        return OK;
+    }
+    return route_declared(call);
+}
+
+/* A member that said DeploymentNotFound for a deployment, for a while. */
+static apr_uint64_t lack_key(const aoai_call *call, const proxy_worker *worker)
+{
+    return aoai_affinity_key(call->balancer, apr_pstrcat(
+        call->r->pool, "\001lacks ", worker->s->name_ex, " ",
+        call->route.name, NULL));
+}
+
+void aoai_deployments_note_missing(aoai_call *call, proxy_worker *worker)
+{
+    if (call->route.name) {
+        aoai_affinity_mark(lack_key(call, worker),
+                           apr_time_now() + call->conf->throttle_default);
+    }
+}
+
 int aoai_deployments_serves(const aoai_call *call, const proxy_worker *worker)
 {
     const aoai_route *route = &call->route;
 
-    if (!route->at_member) {
-        return 1;
+    if (call->objects.owner) {
+        return worker == call->objects.owner;   /* it holds the objects */
     }
-    return worker->s->index >= 0 && worker->s->index < route->slots
-           && route->at_member[worker->s->index] != NULL;
+    if (route->at_member
+        && !(worker->s->index >= 0 && worker->s->index < route->slots
+             && route->at_member[worker->s->index])) {
+        return 0;
+    }
+    return !route->name
+           || !aoai_affinity_marked(lack_key(call, worker), apr_time_now());
+}
+
+const char *aoai_deployments_model_at(const aoai_call *call,
+                                      const proxy_worker *worker)
+{
+    const char *at_member;
+
+    if (!call->route.by_model || !call->route.at_member
+        || worker->s->index < 0 || worker->s->index >= call->route.slots
+        || !(at_member = call->route.at_member[worker->s->index])
+        || !strcmp(at_member, call->route.name)) {
+        return NULL;
+    }
+    return at_member;
 }
 
 /* The URL mod_proxy_balancer made for this member, with the member's name
@@ -175,11 +245,12 @@ char *aoai_deployments_url(aoai_call *call, const proxy_worker *worker,
     const char *at_member, *start;
     apr_size_t length;
 
-    if (!call->route.at_member || !aoai_deployments_serves(call, worker)) {
+    if (call->route.by_model || !call->route.at_member
+        || !aoai_deployments_serves(call, worker)) {
         return url;
     }
     at_member = call->route.at_member[worker->s->index];
-    if (!deployment_in(call->r->pool, url, &start, &length)
+    if (!at_member || !deployment_in(call->r->pool, url, &start, &length)
         || (length == strlen(at_member) && !memcmp(start, at_member, length))) {
         return url;
     }

@@ -21,11 +21,25 @@ const char *aoai_deployments_set(cmd_parms *cmd, void *dconf,
 /* apachectl -t: every declared route names a member; OK or !OK. */
 int aoai_deployments_check(server_rec *s, apr_pool_t *ptemp);
 
-/* Which members serve the call's deployment (call->route).  OK, or
- * HTTP_NOT_FOUND when none does. */
-int aoai_deployments_route(aoai_call *call, const char *uri);
+/* Whether the call's deployment is its body's "model" (the v1 API, the
+ * Responses API), not a segment of its path. */
+int aoai_deployments_by_model(const request_rec *r, const char *uri);
+/* Which members serve the call's deployment (call->route): the body's
+ * model when given, else the path's.  OK, or HTTP_NOT_FOUND when none
+ * does. */
+int aoai_deployments_route(aoai_call *call, const char *uri,
+                           const char *model);
+/* Whether the member can be sent this call: it serves the deployment, has
+ * not just said it lacks it, and holds the objects the call names. */
 int aoai_deployments_serves(const aoai_call *call,
                             const proxy_worker *worker);
+/* The member answered DeploymentNotFound: passed over for that deployment
+ * for AOAIThrottleDefault. */
+void aoai_deployments_note_missing(aoai_call *call, proxy_worker *worker);
+/* The name to put in the body's "model" for this member, when it is not
+ * the client's; else NULL. */
+const char *aoai_deployments_model_at(const aoai_call *call,
+                                      const proxy_worker *worker);
 /* The URL mod_proxy_balancer made for a member, with its name for the
  * deployment. */
 char *aoai_deployments_url(aoai_call *call, const proxy_worker *worker,

@@ -50,13 +50,17 @@
 #include "aoai_deployments.h"
 #include "aoai_front_door.h"
 #include "aoai_headroom.h"
+#include "aoai_json.h"
 #include "aoai_kept_body.h"
 #include "aoai_key_quota.h"
 #include "aoai_lbmethod.h"
 #include "aoai_metering.h"
+#include "aoai_objects.h"
+#include "aoai_operations.h"
 #include "aoai_request.h"
 #include "aoai_table.h"
 #include "aoai_throttle.h"
+#include "aoai_verdict.h"
 
 #include "apr_strings.h"
 
@@ -69,6 +73,8 @@
 APLOG_USE_MODULE(aoai_balancer);
 
 #define FAILOVER_FILTER "AOAI_FAILOVER"
+/* The largest failed answer held to read its error code. */
+#define AOAI_HELD_MAX (64 * 1024)
 
 static ap_filter_rec_t *failover_filter_handle;
 
@@ -133,19 +139,31 @@ static aoai_brigade_verdict brigade_verdict(apr_bucket_brigade *bb)
 }
 
 /* A failed answer that no other member can improve on goes to the client
- * as the member gave it: with every member answering 404
- * DeploymentNotFound (when AOAIFailoverOn lists 404), the client reads
- * that, not a summary.  A 429 or 5xx is still summed up by the gateway,
- * whose answer says when the soonest member is back. */
-static int is_last_word(request_rec *r, aoai_call *call)
+ * as the member gave it: with every member answering 404 (when
+ * AOAIFailoverOn lists 404), the client reads that, not a summary.  A 429
+ * or 5xx is still summed up by the gateway, whose answer says when the
+ * soonest member is back; so is "not here" while a member that might hold
+ * the object sits in a window. */
+static int is_last_word(request_rec *r, aoai_call *call,
+                        aoai_verdict verdict)
 {
-    return r->status != HTTP_TOO_MANY_REQUESTS && r->status < 500
-           && !aoai_lbmethod_any_candidate(call, apr_time_now());
+    if (r->status == HTTP_TOO_MANY_REQUESTS || r->status >= 500
+        || aoai_lbmethod_any_candidate(call, apr_time_now())) {
+        return 0;
+    }
+    return verdict != AOAI_VERDICT_NOT_HERE
+           || !call->picks.skipped_throttled->nelts;
 }
 
-/* The answer goes to the client: the member's figures are noted, the
- * client learns which member served (and its key's allowance), and the
- * answer's tokens are metered as it passes (aoai_metering.c). */
+/* A brigade of the answer the client gets, read on its way. */
+static apr_status_t pass_on(ap_filter_t *f, aoai_call *call,
+                            apr_bucket_brigade *bb)
+{
+    aoai_metering_feed(f->r, call, bb);
+    aoai_objects_feed(f->r, call, bb);
+    return ap_pass_brigade(f->next, bb);
+}
+
 static apr_status_t pass_answer(ap_filter_t *f, aoai_call *call,
                                 apr_bucket_brigade *bb)
 {
@@ -165,12 +183,101 @@ static apr_status_t pass_answer(ap_filter_t *f, aoai_call *call,
         apr_table_setn(r->headers_out, call->conf->backend_header,
                        aoai_balancers_label(call->attempt.worker));
     }
-    if (!aoai_metering_start(r, call)) {
+    aoai_objects_answer(r, call);
+    if (!aoai_metering_start(r, call) && !call->objects.answer) {
         ap_remove_output_filter(f);
         return ap_pass_brigade(f->next, bb);
     }
-    aoai_metering_feed(r, call, bb);
-    return ap_pass_brigade(f->next, bb);
+    return pass_on(f, call, bb);
+}
+
+/* What the verdict on a failed answer does to the member: a window, a
+ * deployment it lacks for a while, a credential to fix. */
+static void act_on(request_rec *r, aoai_call *call, aoai_verdict verdict)
+{
+    proxy_worker *worker = call->attempt.worker;
+    aoai_member_slot *slot = aoai_table_member(call->balancer, worker);
+    apr_interval_time_t retry = worker->s->retry > 0
+                                ? worker->s->retry : apr_time_from_sec(60);
+
+    if (verdict == AOAI_VERDICT_FAILED) {
+        aoai_throttle_note(r, call);
+    }
+    else if (verdict == AOAI_VERDICT_NO_DEPLOYMENT) {
+        aoai_deployments_note_missing(call, worker);
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(061)
+                      "%s: member %s has no deployment %s; passed over for "
+                      "it for %" APR_TIME_T_FMT " ms",
+                      call->balancer->s->name, aoai_balancers_label(worker),
+                      call->route.name ? call->route.name : "(none named)",
+                      apr_time_as_msec(call->conf->throttle_default));
+    }
+    else if (verdict == AOAI_VERDICT_CREDENTIAL
+             && aoai_table_once(slot, AOAI_ONCE_REFUSED, apr_time_now(),
+                                retry)) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, AOAI_LOGNO(062)
+                      "%s: member %s refused the gateway's credential "
+                      "(%d): check its AOAIMemberCredential; calls go to "
+                      "the next member (logged once per retry interval, "
+                      "%" APR_TIME_T_FMT " s)", call->balancer->s->name,
+                      aoai_balancers_label(worker), r->status,
+                      apr_time_sec(retry));
+    }
+}
+
+/* The held answer is whole, or there is no need to hold it: the client's,
+ * or swallowed and the call moved on. */
+static apr_status_t judge(ap_filter_t *f, aoai_call *call,
+                          apr_bucket_brigade *bb, const char *code)
+{
+    request_rec *r = f->r;
+    aoai_verdict verdict = aoai_verdict_of(call, r->status, code);
+
+    if (verdict == AOAI_VERDICT_PASS || is_last_word(r, call, verdict)) {
+        if (call->attempt.held) {
+            APR_BRIGADE_PREPEND(bb, call->attempt.held);
+        }
+        return pass_answer(f, call, bb);
+    }
+    call->attempt.failed_status = r->status;
+    act_on(r, call, verdict);
+    if (call->attempt.held) {
+        apr_brigade_cleanup(call->attempt.held);
+    }
+    apr_brigade_cleanup(bb);
+    return APR_SUCCESS;
+}
+
+/* An answer whose verdict needs its error code: held, never sent, until
+ * it is whole (error bodies are small; past AOAI_HELD_MAX it is judged
+ * without one). */
+static apr_status_t hold(ap_filter_t *f, aoai_call *call,
+                         apr_bucket_brigade *bb)
+{
+    request_rec *r = f->r;
+    apr_bucket_brigade *held = call->attempt.held;
+    char *text;
+    apr_size_t length;
+    apr_off_t total;
+    int whole = 0;
+
+    if (!held) {
+        held = call->attempt.held = apr_brigade_create(r->pool,
+                                                       f->c->bucket_alloc);
+    }
+    while (!APR_BRIGADE_EMPTY(bb)) {
+        apr_bucket *b = APR_BRIGADE_FIRST(bb);
+        whole |= APR_BUCKET_IS_EOS(b);
+        apr_bucket_setaside(b, r->pool);
+        APR_BUCKET_REMOVE(b);
+        APR_BRIGADE_INSERT_TAIL(held, b);
+    }
+    apr_brigade_length(held, 1, &total);
+    if (!whole && total < AOAI_HELD_MAX) {
+        return APR_SUCCESS;
+    }
+    apr_brigade_pflatten(held, &text, &length, r->pool);
+    return judge(f, call, bb, aoai_verdict_code(r->pool, text, length));
 }
 
 static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
@@ -179,41 +286,45 @@ static apr_status_t failover_filter(ap_filter_t *f, apr_bucket_brigade *bb)
     aoai_call *call = aoai_request_call(r);
     aoai_brigade_verdict verdict;
 
-    if (call && call->passed && call->usage) {
-        aoai_metering_feed(r, call, bb);
-        return ap_pass_brigade(f->next, bb);
+    if (call && call->passed && (call->usage || call->objects.answer)) {
+        return pass_on(f, call, bb);
     }
     if (!call || !call->attempt.running || call->passed) {
         ap_remove_output_filter(f);
         return ap_pass_brigade(f->next, bb);
     }
-    if (!call->attempt.failed_status && !call->attempt.broke) {
-        verdict = brigade_verdict(bb);
-        if (verdict == AOAI_BRIGADE_BROKE) {
-            /* The member went away before the first byte of its answer:
-             * before a status line (mod_proxy_http would drop the client's
-             * connection) or right after the headers.  Nothing reached the
-             * client, so the next member can still answer. */
-            call->attempt.broke = 1;
-        }
-        else if (aoai_config_fails_over(call->conf, r->status)
-                 && !is_last_word(r, call)) {
-            call->attempt.failed_status = r->status;
-            aoai_throttle_note(r, call);
-        }
-        else if (verdict == AOAI_BRIGADE_EMPTY) {
-            /* mod_proxy_http flushes the headers when the body is not in
-             * yet; hold them until a byte proves the member is answering. */
-            apr_brigade_cleanup(bb);
-            return APR_SUCCESS;
-        }
-        else {
-            return pass_answer(f, call, bb);
-        }
+    if (call->attempt.failed_status || call->attempt.broke) {
+        /* The rest of a failed answer goes nowhere. */
+        apr_brigade_cleanup(bb);
+        return APR_SUCCESS;
     }
-    /* The rest of a failed answer goes nowhere. */
-    apr_brigade_cleanup(bb);
-    return APR_SUCCESS;
+    if (call->attempt.held) {
+        return hold(f, call, bb);
+    }
+    verdict = brigade_verdict(bb);
+    if (verdict == AOAI_BRIGADE_BROKE) {
+        /* The member went away before the first byte of its answer:
+         * before a status line (mod_proxy_http would drop the client's
+         * connection) or right after the headers.  Nothing reached the
+         * client, so the next member can still answer. */
+        call->attempt.broke = 1;
+        apr_brigade_cleanup(bb);
+        return APR_SUCCESS;
+    }
+    if (r->status >= 400 && aoai_verdict_needs_code(call, r->status)) {
+        return hold(f, call, bb);
+    }
+    if (r->status >= 400
+        && aoai_verdict_of(call, r->status, NULL) != AOAI_VERDICT_PASS) {
+        return judge(f, call, bb, NULL);
+    }
+    if (verdict == AOAI_BRIGADE_EMPTY) {
+        /* mod_proxy_http flushes the headers when the body is not in yet;
+         * hold them until a byte proves the member is answering. */
+        apr_brigade_cleanup(bb);
+        return APR_SUCCESS;
+    }
+    return pass_answer(f, call, bb);
 }
 
 /* ------------------------------------------------------------------ */
@@ -383,6 +494,27 @@ static int credential_applied(aoai_call *call, proxy_worker *worker)
     return 0;
 }
 
+/* The v1 and Responses APIs name the deployment in the body: each member
+ * is sent its own name for it. */
+static void set_model(aoai_flow *flow, proxy_worker *worker)
+{
+    aoai_call *call = flow->call;
+    const char *name = aoai_deployments_model_at(call, worker);
+    json_t *body, *model;
+
+    if (!call->route.by_model) {
+        return;
+    }
+    name = name ? name : call->route.name;
+    body = aoai_kept_body_json(flow->r, flow->body);
+    model = json_object_get(body, "model");
+    if (body && (!json_is_string(model)
+                 || strcmp(json_string_value(model), name))) {
+        json_object_set_new(body, "model", json_string(name));
+        aoai_kept_body_changed(flow->r, flow->body);
+    }
+}
+
 /* A member picked and made ready for this call: OK, AOAI_NEXT_MEMBER when
  * it cannot be sent the call, DECLINED when every member left is in error,
  * or mod_proxy's refusal. */
@@ -421,6 +553,8 @@ static int start_attempt(aoai_flow *flow, proxy_worker **worker, char **url)
     call->attempt.worker = *worker;
     call->attempt.failed_status = call->attempt.broke = 0;
     call->attempt.answered = call->attempt.sent = 0;
+    call->attempt.held = NULL;
+    set_model(flow, *worker);
     aoai_kept_body_replay(r, flow->body);
     if (call->attempt.number > 1) {
         restore_response(r, &flow->saved);
@@ -473,6 +607,7 @@ static int finish_attempt(aoai_flow *flow, proxy_worker *worker,
         note_result(r, call, call->passed ? label : NULL);
         if (call->passed) {
             note_served(r, call);
+            aoai_objects_settle(r, call);
         }
         return access_status;
     }
@@ -594,11 +729,39 @@ static int phase_keep_body(aoai_flow *flow)
     return DECLINED;
 }
 
+/* The body's "model", a string at its top; NULL when there is none. */
+static const char *model_of(aoai_flow *flow)
+{
+    const aoai_kept_body *body = flow->body;
+    const char *value;
+    apr_size_t length;
+    json_t *model;
+
+    if (!aoai_json_top_level(body->data, body->length, "model", &value,
+                             &length) || *value != '"') {
+        return NULL;
+    }
+    model = aoai_json_own(flow->r->pool, json_loadb(value, length,
+                                                    JSON_DECODE_ANY, NULL));
+    return json_is_string(model) && *json_string_value(model)
+           ? apr_pstrdup(flow->r->pool, json_string_value(model)) : NULL;
+}
+
 static int phase_route(aoai_flow *flow)
 {
     aoai_call *call = flow->call;
+    const char *model = NULL;
 
-    if (aoai_deployments_route(call, flow->uri) == OK) {
+    if (aoai_deployments_by_model(flow->r, flow->uri)
+        && !(model = model_of(flow))) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, flow->r, AOAI_LOGNO(063)
+                      "%s: refusing a call that names no model",
+                      call->balancer->s->name);
+        return aoai_answers_azure(flow->r, HTTP_BAD_REQUEST,
+                                  "missing_required_parameter",
+                                  "Missing required parameter: 'model'.");
+    }
+    if (aoai_deployments_route(call, flow->uri, model) == OK) {
         return DECLINED;
     }
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, flow->r, AOAI_LOGNO(048)
@@ -609,6 +772,38 @@ static int phase_route(aoai_flow *flow)
                               "not exist. If you created the deployment "
                               "within the last 5 minutes, please wait a "
                               "moment and try again.");
+}
+
+static int phase_operations(aoai_flow *flow)
+{
+    if (aoai_operations_allow(flow->r, flow->call->conf->operations,
+                              flow->uri)) {
+        return DECLINED;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, flow->r, AOAI_LOGNO(064)
+                  "%s: %s %s is not an operation AOAIOperations lists",
+                  flow->call->balancer->s->name, flow->r->method, flow->uri);
+    return aoai_answers_azure(flow->r, HTTP_NOT_FOUND, "404",
+                              "Resource not found");
+}
+
+static int phase_objects(aoai_flow *flow)
+{
+    aoai_call *call = flow->call;
+    json_t *body = NULL;
+    const char *why;
+
+    if (aoai_objects_scan_path(call, flow->uri)) {
+        body = aoai_kept_body_json(flow->r, flow->body);
+    }
+    if (aoai_objects_route(call, body, &why) == OK) {
+        return DECLINED;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, flow->r, AOAI_LOGNO(065)
+                  "%s: refusing a call naming objects of two members: %s",
+                  call->balancer->s->name, why);
+    return aoai_answers_azure(flow->r, HTTP_BAD_REQUEST,
+                              "invalid_request_error", why);
 }
 
 static int phase_charge(aoai_flow *flow)
@@ -634,7 +829,8 @@ static int phase_charge(aoai_flow *flow)
 typedef int (aoai_phase_fn)(aoai_flow *flow);
 
 static aoai_phase_fn *const before_members[] = {
-    phase_front_door, phase_keep_body, phase_route, phase_charge
+    phase_operations, phase_front_door, phase_keep_body, phase_route,
+    phase_objects, phase_charge
 };
 
 /* ------------------------------------------------------------------ */

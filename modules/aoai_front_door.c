@@ -5,8 +5,9 @@
  *
  * Clients present a subscription key, as API Management's clients do: in
  * the api-key header (or AOAISubscriptionKeyHeader), in
- * Ocp-Apim-Subscription-Key, or in the subscription-key or api-key query
- * parameter (Azure OpenAI takes api-key there from browsers).
+ * Ocp-Apim-Subscription-Key, in the subscription-key or api-key query
+ * parameter (Azure OpenAI takes api-key there from browsers), or as a
+ * bearer token (the GA v1 API's OpenAI clients send their key so).
  * The admin's key file holds only SHA-256 digests with a label per key, so
  * the file is no key ring; the presented key is hashed and compared with
  * every digest in constant time (CRYPTO_memcmp, no early exit).
@@ -176,6 +177,13 @@ int aoai_front_door_check_key(request_rec *r, const aoai_dir_conf *conf,
     }
     if (!presented && r->args) {
         presented = query_key(r->pool, r->args);
+    }
+    if (!presented) {
+        /* The v1 API's OpenAI clients send their key as a bearer token. */
+        const char *bearer = apr_table_get(r->headers_in, "Authorization");
+        if (bearer && !ap_cstr_casecmpn(bearer, "Bearer ", 7)) {
+            presented = bearer + 7;
+        }
     }
     if (!presented || !*presented) {
         *why = "Access denied due to missing subscription key. Make sure to "

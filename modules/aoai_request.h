@@ -27,6 +27,7 @@ typedef struct {
 /* The deployment the call names and who serves it; aoai_deployments.c. */
 typedef struct {
     const char *name;          /* as the client wrote it; NULL: none */
+    int by_model;              /* it is the body's "model", not the path's */
     const char **at_member;    /* by worker->s->index: its name for it,
                                 * NULL when it does not serve it; the
                                 * array is NULL when every member serves */
@@ -40,6 +41,19 @@ typedef struct {
     apr_time_t window;         /* the minute the charge was taken in */
 } aoai_charge;
 
+/* The stored objects a call names or makes; aoai_objects.c. */
+typedef struct {
+    apr_array_header_t *named;  /* const char *: ids in its path or body */
+    proxy_worker *owner;        /* the member that holds them, when known */
+    int probing;                /* named ids nobody knows: members are
+                                 * asked in turn until one has them */
+    int makes;                  /* its answer may make an object */
+    const char *deleting;       /* a DELETE of this object */
+    char *answer;               /* the start of a 2xx answer, for the id */
+    apr_size_t answer_length;
+    int answer_streamed;
+} aoai_objects_seen;
+
 /* The attempt under way; aoai_failover.c starts and judges it, the
  * filters on the member's connection (aoai_first_byte.c) watch it. */
 typedef struct {
@@ -50,6 +64,7 @@ typedef struct {
     int broke;                 /* the member went away before answering */
     int answered;              /* a byte of the member's answer came */
     int sent;                  /* its request reached the member */
+    apr_bucket_brigade *held;  /* a failed answer held for its error code */
 } aoai_attempt;
 
 typedef struct {
@@ -65,6 +80,7 @@ typedef struct {
     aoai_picks picks;
     aoai_route route;
     aoai_charge charge;
+    aoai_objects_seen objects;
     aoai_attempt attempt;
 } aoai_call;
 

@@ -133,6 +133,15 @@ static struct {
 
 static aoai_publisher *publisher;   /* this child's */
 
+/* Links the request threads of this child borrow for a call of their own
+ * (objects, aoai_shared_cache_put/get), each used by one thread at a
+ * time, kept for the next. */
+static struct {
+    apr_thread_mutex_t *lock;
+    apr_array_header_t *idle;     /* aoai_cache_link * */
+    apr_pool_t *pool;
+} borrowed;
+
 static APR_OPTIONAL_FN_TYPE(ap_watchdog_get_instance) *watchdog_get_instance;
 static APR_OPTIONAL_FN_TYPE(ap_watchdog_register_callback) *watchdog_register;
 
@@ -270,10 +279,12 @@ static void count(aoai_cache_counter counter)
     apr_atomic_inc64(&cache.shared->counters[counter]);
 }
 
-/* A time under a key, as the decimal epoch milliseconds every reader
- * expects. */
+/* Values are a window's end (epoch ms) or an object's member (a hash, in
+ * hex): neither is longer than this. */
+#define AOAI_CACHE_TEXT_MAX 32
+
 static const struct ap_socache_hints cache_hints = {
-    AOAI_CACHE_ID_LENGTH, AOAI_CACHE_VALUE_MAX, 0
+    AOAI_CACHE_ID_LENGTH, AOAI_CACHE_TEXT_MAX, 0
 };
 
 static void link_close(aoai_cache_link *link)
@@ -285,11 +296,12 @@ static void link_close(aoai_cache_link *link)
     }
 }
 
-/* An unmanaged pool: the thread that owns the link is the only one that
- * allocates from it, and it outlives no generation's pools. */
+/* A child of APR's global pool, whose allocator locks, so that any thread
+ * may make or drop one; what a thread still holds when the process ends
+ * goes with the global pool. */
 static apr_status_t link_open(aoai_cache_link *link)
 {
-    apr_status_t rv = apr_pool_create_unmanaged_ex(&link->pool, NULL, NULL);
+    apr_status_t rv = apr_pool_create(&link->pool, NULL);
 
     if (rv != APR_SUCCESS) {
         link->pool = NULL;
@@ -309,8 +321,9 @@ static apr_status_t link_open(aoai_cache_link *link)
 
 typedef struct {
     const unsigned char *id;
-    apr_time_t when;              /* store: the time stored */
+    apr_time_t when;              /* store: the time stored, unless text */
     apr_time_t expiry;            /* store */
+    const char *text;             /* store: this instead of a time */
     char *value;                  /* retrieve: AOAI_CACHE_VALUE_MAX + 2 */
     unsigned int length;          /* retrieve: in, room; out, length */
     apr_pool_t *pool;
@@ -323,6 +336,14 @@ static apr_status_t link_do(aoai_cache_link *link, aoai_cache_call *call)
     char value[AOAI_CACHE_VALUE_MAX + 2];
     int length;
 
+    if (call->text) {
+        return cache.provider->store(link->instance, cache.provider_server,
+                                     call->id, AOAI_CACHE_ID_LENGTH,
+                                     call->expiry,
+                                     (unsigned char *)call->text,
+                                     (unsigned int)strlen(call->text),
+                                     call->pool);
+    }
     if (call->value) {
         return cache.provider->retrieve(link->instance, cache.provider_server,
                                         call->id, AOAI_CACHE_ID_LENGTH,
@@ -370,7 +391,7 @@ static apr_status_t store_window(aoai_cache_link *link,
                                  apr_pool_t *pool)
 {
     aoai_cache_call call = { id, until, until + apr_time_from_sec(2), NULL,
-                             0, pool };
+                             NULL, 0, pool };
     return link_call(link, &call);
 }
 
@@ -488,8 +509,8 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
                                  apr_pool_t *pool)
 {
     char value[AOAI_CACHE_VALUE_MAX + 2];
-    aoai_cache_call call = { member->id, 0, 0, value, sizeof(value) - 1,
-                             pool };
+    aoai_cache_call call = { member->id, 0, 0, NULL, value,
+                             sizeof(value) - 1, pool };
     unsigned int length;
     apr_int64_t end_ms;
     apr_time_t until;
@@ -546,7 +567,8 @@ static apr_status_t merge_member(aoai_sync_member *member, apr_time_t now,
 static apr_status_t store_heartbeat(apr_time_t now, apr_pool_t *pool)
 {
     aoai_cache_call call = { cache.heartbeat_id, now,
-                             now + apr_time_from_sec(10), NULL, 0, pool };
+                             now + apr_time_from_sec(10), NULL, NULL, 0,
+                             pool };
     return link_call(&cache.sync_link, &call);
 }
 
@@ -579,6 +601,102 @@ static apr_status_t sync_tick(int state, void *baton, apr_pool_t *pool)
     }
     /* Anything but success would stop mod_watchdog calling again. */
     return APR_SUCCESS;
+}
+
+/* ------------------------------------------------------------------ */
+/* Objects: a name's value, stored and read by the request thread       */
+
+static aoai_cache_link *borrow_link(void)
+{
+    aoai_cache_link *link = NULL;
+
+    if (!borrowed.lock) {
+        return NULL;
+    }
+    apr_thread_mutex_lock(borrowed.lock);
+    if (borrowed.idle->nelts) {
+        link = APR_ARRAY_IDX(borrowed.idle, --borrowed.idle->nelts,
+                             aoai_cache_link *);
+    }
+    else {
+        link = apr_pcalloc(borrowed.pool, sizeof(*link));
+    }
+    apr_thread_mutex_unlock(borrowed.lock);
+    return link;
+}
+
+static void return_link(aoai_cache_link *link)
+{
+    apr_thread_mutex_lock(borrowed.lock);
+    APR_ARRAY_PUSH(borrowed.idle, aoai_cache_link *) = link;
+    apr_thread_mutex_unlock(borrowed.lock);
+}
+
+static apr_status_t close_borrowed(void *baton)
+{
+    int i;
+
+    (void)baton;
+    for (i = 0; i < borrowed.idle->nelts; i++) {
+        link_close(APR_ARRAY_IDX(borrowed.idle, i, aoai_cache_link *));
+    }
+    memset(&borrowed, 0, sizeof(borrowed));
+    return APR_SUCCESS;
+}
+
+static void object_id(const char *name, unsigned char id[AOAI_CACHE_ID_LENGTH])
+{
+    member_id("\001object", name, id);
+}
+
+int aoai_shared_cache_put(request_rec *r, const char *name, const char *text,
+                          apr_time_t until)
+{
+    unsigned char id[AOAI_CACHE_ID_LENGTH];
+    aoai_cache_link *link = borrow_link();
+    aoai_cache_call call = { id, 0, until, text, NULL, 0, r->pool };
+    apr_status_t rv;
+
+    if (!link || strlen(text) > AOAI_CACHE_TEXT_MAX) {
+        return 0;
+    }
+    object_id(name, id);
+    rv = link_call(link, &call);
+    return_link(link);
+    if (rv != APR_SUCCESS) {
+        count(AOAI_CACHE_PUBLISH_FAILURES);
+        note_unreachable(rv, "storing an object");
+        return 0;
+    }
+    count(AOAI_CACHE_PUBLISHED);
+    return 1;
+}
+
+int aoai_shared_cache_get(request_rec *r, const char *name, char *text,
+                          apr_size_t size)
+{
+    unsigned char id[AOAI_CACHE_ID_LENGTH];
+    char value[AOAI_CACHE_TEXT_MAX + 1];
+    aoai_cache_link *link = borrow_link();
+    aoai_cache_call call = { id, 0, 0, NULL, value, sizeof(value) - 1,
+                             r->pool };
+    apr_status_t rv;
+
+    if (!link) {
+        return 0;
+    }
+    object_id(name, id);
+    rv = link_call(link, &call);
+    return_link(link);
+    if (rv != APR_SUCCESS || call.length >= size) {
+        if (rv != APR_SUCCESS && rv != APR_NOTFOUND) {
+            note_unreachable(rv, "reading an object");
+        }
+        return 0;
+    }
+    memcpy(text, value, call.length);
+    text[call.length] = '\0';
+    return 1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -762,6 +880,13 @@ static void shared_cache_child_init(apr_pool_t *pchild, server_rec *s)
     publisher = pub;
     apr_pool_cleanup_register(pchild, pub, publisher_stop,
                               apr_pool_cleanup_null);
+    if (apr_thread_mutex_create(&borrowed.lock, APR_THREAD_MUTEX_DEFAULT,
+                                pool) == APR_SUCCESS) {
+        borrowed.pool = pool;
+        borrowed.idle = apr_array_make(pool, 8, sizeof(aoai_cache_link *));
+        apr_pool_cleanup_register(pchild, NULL, close_borrowed,
+                                  apr_pool_cleanup_null);
+    }
 }
 
 /* ------------------------------------------------------------------ */

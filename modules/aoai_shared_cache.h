@@ -45,6 +45,14 @@ void aoai_shared_cache_register_hooks(apr_pool_t *p);
  * store at most AOAISharedCacheTimeout. */
 void aoai_shared_cache_publish(request_rec *r, proxy_balancer *balancer,
                                proxy_worker *worker, apr_time_t until);
+/* Objects (aoai_objects.c): a name's short text value, stored until a
+ * time and read, by the request's own thread on a link of its child's.
+ * 1 on success; 0 without a cache, on failure, or when not found. */
+int aoai_shared_cache_put(request_rec *r, const char *name, const char *text,
+                          apr_time_t until);
+int aoai_shared_cache_get(request_rec *r, const char *name, char *text,
+                          apr_size_t size);
+
 /* 0 when no cache is configured; else 1 and *view. */
 int aoai_shared_cache_view(aoai_cache_view *view);
 

@@ -65,7 +65,8 @@ typedef struct {
 
 /* Things logged at most once per interval for a member, across children. */
 typedef enum {
-    AOAI_ONCE_CREDENTIAL,
+    AOAI_ONCE_CREDENTIAL,       /* its bearer token file is unusable */
+    AOAI_ONCE_REFUSED,          /* it answered 401/403 to its credential */
     AOAI_ONCE_KINDS
 } aoai_once;
 
