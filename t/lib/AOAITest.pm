@@ -27,7 +27,8 @@ use Digest::SHA qw(sha256_hex);
 our @EXPORT = qw(start_mock start_gateway configtest chat_body chat
                  post_json get_json free_port wait_until raw_connect
                  raw_request access_log_records sha256_hex $TOP
-                 $CHAT_PATH start_redis start_memcached start_blackhole);
+                 $CHAT_PATH start_redis start_memcached start_blackhole
+                 balancer_conf served_by member_status);
 
 our $CHAT_PATH =
     '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01';
@@ -473,6 +474,55 @@ sub start_gateway {
         mpm => $o{mpm} || 'event', modules => $modules,
         loglevel => $o{loglevel} || 'info', conf => $o{conf}, sanitize => 1,
         hosts => $o{hosts});
+}
+
+# One <Proxy balancer://NAME> block of a gateway's configuration:
+#   balancer_conf('aoai',
+#       members => [ [ $url{farm1}, lbset => 0, route => 'farm1' ],
+#                    [ $url{farm0}, lbset => 1, route => 'farm0', timeout => 1 ] ],
+#       inside  => [ 'AOAIThrottleDefault 2', 'AOAIThrottleMax 4' ]);
+# A member is its URL and then its BalancerMember parameters, written
+# key=value in the order given (a bare URL: no parameters).  The block
+# balances with lbmethod=aoai unless lbmethod names another (undef: no
+# ProxySet line).  inside is what else the block holds, after ProxySet:
+# directives one per element, or text put in as it is.  ProxyPass lines
+# stay with the test, which knows its paths.
+sub balancer_conf {
+    my ($name, %o) = @_;
+    my $conf = "<Proxy balancer://$name>\n";
+    for my $member (@{ $o{members} || die "balancer_conf $name: no members\n" }) {
+        my ($url, @params) = ref $member ? @$member : ($member);
+        die "balancer_conf $name: $url: parameters come in key => value pairs\n" if @params % 2;
+        my @words = ('BalancerMember', $url);
+        while (my ($key, $value) = splice @params, 0, 2) {
+            push @words, "$key=$value";
+        }
+        $conf .= "    @words\n";
+    }
+    my $lbmethod = exists $o{lbmethod} ? $o{lbmethod} : 'aoai';
+    $conf .= "    ProxySet lbmethod=$lbmethod\n" if defined $lbmethod;
+    my $inside = $o{inside} // '';
+    $conf .= ref $inside ? join('', map { "    $_\n" } @$inside) : $inside;
+    return $conf . "</Proxy>\n";
+}
+
+# Who served a call: the member the gateway names in x-aoai-backend, or
+# '(none)' when it names none.
+sub served_by {
+    my ($res) = @_;
+    return $res->{headers}{'x-aoai-backend'} // '(none)';
+}
+
+# One member of one balancer as the gateway's aoai-balancer-status page
+# (at /aoai-status) shows it: member_status($gw, 'aoai', 'farm1') is the
+# member with route=farm1 of balancer://aoai; {} when the page has none.
+sub member_status {
+    my ($gw, $balancer, $route) = @_;
+    $balancer = "balancer://$balancer" unless $balancer =~ m{^balancer://};
+    my $page = get_json($gw->url . '/aoai-status');
+    my ($b) = grep { $_->{name} eq $balancer } @{ $page->{balancers} || [] };
+    my ($m) = grep { ($_->{route} // '') eq $route } @{ $b->{members} || [] };
+    return $m || {};
 }
 
 # Runs `apache2 -t` over a gateway configuration, with the stock modules
