@@ -13,28 +13,24 @@ my %url = map { $_ => $mock->member_url($_) } qw(primary secondary);
 
 # prefork: one connection is one process, so holding a keep-alive
 # connection open pins a child and the next connection lands elsewhere.
-my $gw = start_gateway(mpm => 'prefork', conf => <<"EOF");
-KeepAliveTimeout 20
-<Proxy balancer://aoai>
-    BalancerMember $url{primary} lbset=0 route=primary
-    BalancerMember $url{secondary} lbset=1 route=secondary
-    ProxySet lbmethod=aoai
-    AOAIThrottleMax 60
-</Proxy>
-ProxyPass /openai balancer://aoai/openai
-EOF
+my $gw = start_gateway(mpm => 'prefork', conf => "KeepAliveTimeout 20\n"
+  . balancer_conf('aoai', members => [
+        [ $url{primary}, lbset => 0, route => 'primary' ],
+        [ $url{secondary}, lbset => 1, route => 'secondary' ] ],
+        inside => [ 'AOAIThrottleMax 60' ])
+  . "ProxyPass /openai balancer://aoai/openai\n");
 
 $mock->control('primary', { force_status => 429, force_count => 1,
                             retry_after_ms => 30000 });
 my $pinned = raw_connect($gw);
 my $first = raw_request($pinned);
 is($first->{status}, 200, 'first call succeeds');
-is($first->{headers}{'x-aoai-backend'}, 'secondary', 'after a 429 from the primary');
+is(served_by($first), 'secondary', 'after a 429 from the primary');
 
 # $pinned stays open: its child is busy waiting on it.
 my $other = raw_connect($gw);
 my $second = raw_request($other);
-is($second->{headers}{'x-aoai-backend'}, 'secondary',
+is(served_by($second), 'secondary',
    'a call on another connection also goes to the secondary');
 my @log = access_log_records($gw, 2);
 isnt($log[1]{pid}, $log[0]{pid}, "it was served by another child ($log[0]{pid} vs $log[1]{pid})");
@@ -46,7 +42,7 @@ close $other;
 
 $gw->graceful;
 my $after = chat($gw);
-is($after->{headers}{'x-aoai-backend'}, 'secondary',
+is(served_by($after), 'secondary',
    'after a graceful restart the window still holds');
 @log = access_log_records($gw, 3);
 ok(!grep({ $_->{pid} == $log[-1]{pid} } @log[0 .. $#log - 1]),

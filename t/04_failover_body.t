@@ -12,32 +12,25 @@ use AOAITest;
 
 my $mock = start_mock(members => [ map { { name => $_ } }
     qw(primary secondary kA kB) ]);
-$mock->{member_port}{dead} = free_port();    # nothing listens there
-my %url = map { $_ => $mock->member_url($_) } keys %{ $mock->{member_port} };
+my %url = map { $_ => $mock->member_url($_) } $mock->members;
+$url{dead} = 'http://127.0.0.1:' . free_port();    # nothing listens there
 
-my $gw = start_gateway(conf => <<"EOF");
-<Proxy balancer://aoai>
-    BalancerMember $url{primary} lbset=0 route=primary timeout=1 retry=0
-    BalancerMember $url{secondary} lbset=1 route=secondary
-    ProxySet lbmethod=aoai
-</Proxy>
-<Proxy balancer://refused>
-    BalancerMember $url{dead} lbset=0 route=dead
-    BalancerMember $url{secondary} lbset=1 route=secondary
-    ProxySet lbmethod=aoai
-</Proxy>
-<Proxy balancer://keys>
-    BalancerMember $url{kA} lbset=0 route=kA
-    BalancerMember $url{kB} lbset=1 route=kB
-    ProxySet lbmethod=aoai
-    AOAIFailoverOn 401 429 500 502 503 504 connection-error timeout
-</Proxy>
-<Proxy balancer://strict>
-    BalancerMember $url{primary} lbset=0 route=primary
-    BalancerMember $url{secondary} lbset=1 route=secondary
-    ProxySet lbmethod=aoai
-    AOAIFailoverOn 429
-</Proxy>
+my $gw = start_gateway(conf =>
+    balancer_conf('aoai', members => [
+        [ $url{primary}, lbset => 0, route => 'primary', timeout => 1, retry => 0 ],
+        [ $url{secondary}, lbset => 1, route => 'secondary' ] ])
+  . balancer_conf('refused', members => [
+        [ $url{dead}, lbset => 0, route => 'dead' ],
+        [ $url{secondary}, lbset => 1, route => 'secondary' ] ])
+  . balancer_conf('keys', members => [
+        [ $url{kA}, lbset => 0, route => 'kA' ],
+        [ $url{kB}, lbset => 1, route => 'kB' ] ],
+        inside => [ 'AOAIFailoverOn 401 429 500 502 503 504 connection-error timeout' ])
+  . balancer_conf('strict', members => [
+        [ $url{primary}, lbset => 0, route => 'primary' ],
+        [ $url{secondary}, lbset => 1, route => 'secondary' ] ],
+        inside => [ 'AOAIFailoverOn 429' ])
+  . <<"EOF");
 ProxyPass /refused/openai balancer://refused/openai
 ProxyPass /keys/openai balancer://keys/openai
 ProxyPass /strict/openai balancer://strict/openai
@@ -64,7 +57,7 @@ for my $status (429, 500, 502, 503, 504) {
     my $body = random_body(100_000);
     my $res = chat($gw, body => $body);
     is($res->{status}, 200, "$status from the primary: the client gets 200");
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', "$status: served by the secondary");
+    is(served_by($res), 'secondary', "$status: served by the secondary");
     is(last_hash('primary'), sha256_hex($body), "$status: the primary got the client's bytes");
     is(last_hash('secondary'), sha256_hex($body), "$status: the secondary got the same bytes");
     sleep 0.2 if $status == 429;    # let the 100 ms window pass
@@ -103,7 +96,7 @@ for my $status (429, 500, 502, 503, 504) {
     my $body = random_body(2000);
     my $res = chat($gw, body => $body);
     is($res->{status}, 200, 'connection reset by the primary: 200');
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', 'reset: served by the secondary');
+    is(served_by($res), 'secondary', 'reset: served by the secondary');
     is(last_hash('secondary'), sha256_hex($body), 'reset: the secondary got the body');
     is($mock->stats('primary')->{faults}, 1, 'the primary really reset the connection');
 
@@ -112,17 +105,17 @@ for my $status (429, 500, 502, 503, 504) {
     $mock->control('primary', { fault => 'reset', fault_count => 1 });
     $res = raw_request($sock, body => $body);
     is($res->{status}, 200, 'reset on a reused client connection: 200');
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', 'and served by the secondary');
+    is(served_by($res), 'secondary', 'and served by the secondary');
 
     $res = chat($gw, path => "/refused$CHAT_PATH", body => $body);
     is($res->{status}, 200, 'connection refused: 200');
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', 'refused: served by the secondary');
+    is(served_by($res), 'secondary', 'refused: served by the secondary');
 
     $mock->control('primary', { fault => 'hang', fault_count => 1, hang_ms => 2500 });
     $body = random_body(3000);
     $res = chat($gw, body => $body);
     is($res->{status}, 200, 'primary past its timeout: 200');
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', 'timeout: served by the secondary');
+    is(served_by($res), 'secondary', 'timeout: served by the secondary');
     is(last_hash('secondary'), sha256_hex($body), 'timeout: the secondary got the body');
     sleep 1.6;    # the hung primary finishes its sleep
 }
@@ -132,7 +125,7 @@ for my $status (429, 500, 502, 503, 504) {
     $mock->control('kA', { api_key => 'only-kA-knows' });
     my $res = chat($gw, path => "/keys$CHAT_PATH");
     is($res->{status}, 200, 'AOAIFailoverOn 401: a 401 fails over');
-    is($res->{headers}{'x-aoai-backend'}, 'kB', '401: served by the next member');
+    is(served_by($res), 'kB', '401: served by the next member');
 }
 
 # Failures that are not in the list go to the client untouched.

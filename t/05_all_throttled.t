@@ -13,17 +13,14 @@ use AOAITest;
 my $mock = start_mock(members => [ map { { name => $_ } } qw(a b c d) ]);
 my %url = map { $_ => $mock->member_url($_) } qw(a b c d);
 
-my $gw = start_gateway(conf => <<"EOF");
-<Proxy balancer://throttled>
-    BalancerMember $url{a} lbset=0 route=a
-    BalancerMember $url{b} lbset=1 route=b
-    ProxySet lbmethod=aoai
-</Proxy>
-<Proxy balancer://broken>
-    BalancerMember $url{c} lbset=0 route=c
-    BalancerMember $url{d} lbset=1 route=d
-    ProxySet lbmethod=aoai
-</Proxy>
+my $gw = start_gateway(conf =>
+    balancer_conf('throttled', members => [
+        [ $url{a}, lbset => 0, route => 'a' ],
+        [ $url{b}, lbset => 1, route => 'b' ] ])
+  . balancer_conf('broken', members => [
+        [ $url{c}, lbset => 0, route => 'c' ],
+        [ $url{d}, lbset => 1, route => 'd' ] ])
+  . <<"EOF");
 ProxyPass /broken/openai balancer://broken/openai
 ProxyPass /openai balancer://throttled/openai
 EOF

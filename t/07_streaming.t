@@ -12,14 +12,11 @@ my $mock = start_mock(members => [ { name => 'primary', stream => '5 400' },
                                    { name => 'secondary', stream => '5 50' } ]);
 my %url = map { $_ => $mock->member_url($_) } qw(primary secondary);
 
-my $gw = start_gateway(conf => <<"EOF");
-<Proxy balancer://aoai>
-    BalancerMember $url{primary} lbset=0 route=primary
-    BalancerMember $url{secondary} lbset=1 route=secondary
-    ProxySet lbmethod=aoai
-</Proxy>
-ProxyPass /openai balancer://aoai/openai
-EOF
+my $gw = start_gateway(conf =>
+    balancer_conf('aoai', members => [
+        [ $url{primary}, lbset => 0, route => 'primary' ],
+        [ $url{secondary}, lbset => 1, route => 'secondary' ] ])
+  . "ProxyPass /openai balancer://aoai/openai\n");
 
 sub start_stream {
     my $sock = raw_connect($gw);

@@ -11,16 +11,12 @@ use AOAITest;
 my $mock = start_mock(members => [ { name => 'farm0' }, { name => 'farm1' } ]);
 my %url = map { $_ => $mock->member_url($_) } qw(farm0 farm1);
 
-my $gw = start_gateway(conf => <<"EOF");
-<Proxy balancer://aoai>
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    BalancerMember $url{farm1} lbset=0 route=farm1
-    ProxySet lbmethod=aoai
-</Proxy>
-<Proxy balancer://noroute>
-    BalancerMember $url{farm1}
-    ProxySet lbmethod=aoai
-</Proxy>
+my $gw = start_gateway(conf =>
+    balancer_conf('aoai', members => [
+        [ $url{farm0}, lbset => 1, route => 'farm0' ],
+        [ $url{farm1}, lbset => 0, route => 'farm1' ] ])
+  . balancer_conf('noroute', members => [ $url{farm1} ])
+  . <<"EOF");
 ProxyPass /quiet/openai balancer://aoai/openai
 ProxyPass /renamed/openai balancer://aoai/openai
 ProxyPass /noroute/openai balancer://noroute/openai

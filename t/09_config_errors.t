@@ -9,9 +9,8 @@ use File::Temp ();
 
 my $proxy = sub {
     my ($inside) = @_;
-    return "<Proxy balancer://aoai>\n"
-         . "    BalancerMember http://127.0.0.1:9 lbset=0\n"
-         . "    ProxySet lbmethod=aoai\n$inside\n</Proxy>\n";
+    return balancer_conf('aoai', members => [ [ 'http://127.0.0.1:9', lbset => 0 ] ],
+                         inside => "$inside\n");
 };
 
 my ($ok, $out) = configtest($proxy->("    AOAIThrottleDefault 5\n    AOAIThrottleMax 30\n"

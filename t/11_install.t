@@ -131,12 +131,9 @@ my $mock = start_mock(members => [ { name => 'farm1' }, { name => 'farm0' } ]);
 my ($u1, $u0) = map { $mock->member_url($_) } qw(farm1 farm0);
 {
     open my $fh, '>', "$confdir/conf-available/aoai-balancer.conf" or die;
-    print $fh <<"EOF";
-<Proxy balancer://aoai>
-    BalancerMember $u0 lbset=1 route=farm0
-    BalancerMember $u1 lbset=0 route=farm1
-    ProxySet lbmethod=aoai
-</Proxy>
+    print $fh balancer_conf('aoai', members => [ [ $u0, lbset => 1, route => 'farm0' ],
+                                                 [ $u1, lbset => 0, route => 'farm1' ] ]),
+              <<"EOF";
 ProxyPass /openai-load-balancing/openai balancer://aoai/openai
 LogLevel aoai_balancer:info
 EOF
@@ -155,7 +152,7 @@ my $gw = AOAITest::Server->start(
 $mock->control('farm1', { force_status => 429, force_count => 1, retry_after_ms => 5000 });
 my $res = chat($gw, path => "/openai-load-balancing$CHAT_PATH");
 is($res->{status}, 200, 'the installed module serves a call');
-is($res->{headers}{'x-aoai-backend'}, 'farm0', 'and fails over from a throttled member');
+is(served_by($res), 'farm0', 'and fails over from a throttled member');
 
 $out = `make -s -C $TOP -f apxs.mk uninstall DESTDIR=$root 2>&1`;
 isnt($?, 0, 'uninstall refuses while the module is enabled');

@@ -35,20 +35,17 @@ my $mock = start_mock(members => [
 ]);
 my %url = map { $_ => $mock->member_url($_) } qw(farm1 farm0 entra open);
 
-my $gw = start_gateway(loglevel => 'info aoai_balancer:trace8', conf => <<"EOF");
-<Proxy balancer://aoai>
-    BalancerMember $url{farm1} lbset=0 route=farm1
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    ProxySet lbmethod=aoai
-    AOAIMemberCredential farm1 api-key file:$secrets/farm1.key
-    AOAIMemberCredential farm0 api-key env:AOAI_TEST_FARM0_KEY
-</Proxy>
-<Proxy balancer://entra>
-    BalancerMember $url{entra} lbset=0 route=entra
-    BalancerMember $url{open} lbset=1 route=open
-    ProxySet lbmethod=aoai
-    AOAIMemberCredential entra bearer file:$secrets/bearer.token
-</Proxy>
+my $gw = start_gateway(loglevel => 'info aoai_balancer:trace8', conf =>
+    balancer_conf('aoai', members => [
+        [ $url{farm1}, lbset => 0, route => 'farm1' ],
+        [ $url{farm0}, lbset => 1, route => 'farm0' ] ],
+        inside => [ "AOAIMemberCredential farm1 api-key file:$secrets/farm1.key",
+                    'AOAIMemberCredential farm0 api-key env:AOAI_TEST_FARM0_KEY' ])
+  . balancer_conf('entra', members => [
+        [ $url{entra}, lbset => 0, route => 'entra' ],
+        [ $url{open}, lbset => 1, route => 'open' ] ],
+        inside => [ "AOAIMemberCredential entra bearer file:$secrets/bearer.token" ])
+  . <<"EOF");
 <Location /openai-load-balancing>
     AOAISubscriptionKeyFile $keyfile
 </Location>
@@ -95,7 +92,7 @@ is_deeply([ map { $_->{key} } grep { $_->{status} == 200 } @log ], [qw(team_a te
 $mock->control('farm1', { force_status => 429, force_count => 1, retry_after_ms => 200 });
 $res = chat($gw, path => $seed_path, headers => { 'api-key' => $client_key{team_a} });
 is($res->{status}, 200, 'farm1 throttled: 200');
-is($res->{headers}{'x-aoai-backend'}, 'farm0', 'from farm0');
+is(served_by($res), 'farm0', 'from farm0');
 is($mock->stats('farm0')->{last_api_key}, 'valid', "farm0 got farm0's key, not farm1's");
 select undef, undef, undef, 0.3;
 
@@ -109,21 +106,21 @@ for my $op ('chat/completions', 'completions', 'embeddings') {
 
 # Bearer tokens re-read from the file a refresher rewrites
 $res = chat($gw, path => "/entra$CHAT_PATH");
-is($res->{headers}{'x-aoai-backend'}, 'entra', 'bearer member serves');
+is(served_by($res), 'entra', 'bearer member serves');
 is($mock->stats('entra')->{last_bearer}, 'valid', 'with the token from the file');
 write_file("$secrets/bearer.token.new", "$tokens[1]\n", 0644);
 rename "$secrets/bearer.token.new", "$secrets/bearer.token" or die;
 $mock->control('entra', { bearer_token => $tokens[1] });
 $res = chat($gw, path => "/entra$CHAT_PATH");
-is($res->{headers}{'x-aoai-backend'}, 'entra', 'after the refresher rewrote the file');
+is(served_by($res), 'entra', 'after the refresher rewrote the file');
 is($mock->stats('entra')->{last_bearer}, 'valid', 'the new token is used, without a restart');
 $mock->control('entra', { force_status => 503, force_count => 1 });
 $res = chat($gw, path => "/entra$CHAT_PATH", headers => { Authorization => 'Bearer client-own-token' });
-is($res->{headers}{'x-aoai-backend'}, 'open', 'failover from the bearer member');
+is(served_by($res), 'open', 'failover from the bearer member');
 is($mock->stats('open')->{last_bearer}, 'absent', "the next member gets neither the entra token nor the caller's");
 unlink "$secrets/bearer.token";
 $res = chat($gw, path => "/entra$CHAT_PATH");
-is($res->{headers}{'x-aoai-backend'}, 'open', 'token file gone: the call fails over instead of failing');
+is(served_by($res), 'open', 'token file gone: the call fails over instead of failing');
 like($gw->error_log, qr/AOAI030: balancer:\/\/entra: member entra: its bearer token file \S+ is unreadable/, 'and the error log says why');
 
 # Secrets never reach a log

@@ -25,13 +25,12 @@ close $fh;
 my $mock = start_mock(members => [ { name => 'farm1', api_key => 'farm1-own-key', stream => '4 20' },
                                    { name => 'farm0' } ]);
 my %url = map { $_ => $mock->member_url($_) } qw(farm1 farm0);
-my $gw = start_gateway(conf => <<"EOF");
-<Proxy balancer://aoai>
-    BalancerMember $url{farm1} lbset=0 route=farm1
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    ProxySet lbmethod=aoai
-    AOAIMemberCredential farm1 api-key file:$secrets/farm1.key
-</Proxy>
+my $gw = start_gateway(conf =>
+    balancer_conf('aoai', members => [
+        [ $url{farm1}, lbset => 0, route => 'farm1' ],
+        [ $url{farm0}, lbset => 1, route => 'farm0' ] ],
+        inside => [ "AOAIMemberCredential farm1 api-key file:$secrets/farm1.key" ])
+  . <<"EOF");
 <Location /openai-load-balancing>
     AOAISubscriptionKeyFile $secrets/keys
 </Location>

@@ -28,17 +28,13 @@ for my $member (qw(chaosA chaosB)) {
                               chaos_reset => 6, chaos_close => 4, chaos_hang => 2,
                               hang_ms => 1500 });
 }
-my $gw = start_gateway(loglevel => 'warn', conf => <<"EOF");
-<Proxy balancer://aoai>
-    BalancerMember $url{chaosA} lbset=0 route=chaosA timeout=1 retry=0
-    BalancerMember $url{chaosB} lbset=0 route=chaosB timeout=1 retry=0
-    BalancerMember $url{healthy} lbset=1 route=healthy
-    ProxySet lbmethod=aoai
-    AOAIThrottleDefault 200ms
-    AOAIThrottleMax 1
-</Proxy>
-ProxyPass /openai balancer://aoai/openai
-EOF
+my $gw = start_gateway(loglevel => 'warn', conf =>
+    balancer_conf('aoai', members => [
+        [ $url{chaosA}, lbset => 0, route => 'chaosA', timeout => 1, retry => 0 ],
+        [ $url{chaosB}, lbset => 0, route => 'chaosB', timeout => 1, retry => 0 ],
+        [ $url{healthy}, lbset => 1, route => 'healthy' ] ],
+        inside => [ 'AOAIThrottleDefault 200ms', 'AOAIThrottleMax 1' ])
+  . "ProxyPass /openai balancer://aoai/openai\n");
 
 my $results = tempdir('aoai-soak-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 my $t0 = time;
@@ -62,7 +58,7 @@ for my $client (1 .. $clients) {
                 print $out "race\n";
                 $res = $http->request('POST', $gw->url . $CHAT_PATH, \%request);
             }
-            printf $out "%d %s\n", $res->{status}, $res->{headers}{'x-aoai-backend'} // '-';
+            printf $out "%d %s\n", $res->{status}, served_by($res);
         }
         close $out;
         POSIX::_exit(0);    # the servers belong to the parent

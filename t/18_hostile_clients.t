@@ -12,16 +12,12 @@ use AOAITest;
 
 my $mock = start_mock(members => [ { name => 'farm1' }, { name => 'farm0' } ]);
 my %url = map { $_ => $mock->member_url($_) } qw(farm1 farm0);
-my $gw = start_gateway(conf => <<"EOF");
-# a short read timeout, so the slow client is cut off quickly
-Timeout 2
-<Proxy balancer://aoai>
-    BalancerMember $url{farm1} lbset=0 route=farm1
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    ProxySet lbmethod=aoai
-</Proxy>
-ProxyPass /openai-load-balancing/openai balancer://aoai/openai
-EOF
+# A short read timeout, so the slow client is cut off quickly.
+my $gw = start_gateway(conf => "Timeout 2\n"
+  . balancer_conf('aoai', members => [
+        [ $url{farm1}, lbset => 0, route => 'farm1' ],
+        [ $url{farm0}, lbset => 1, route => 'farm0' ] ])
+  . "ProxyPass /openai-load-balancing/openai balancer://aoai/openai\n");
 sub member_calls { $mock->stats('farm1')->{requests} + $mock->stats('farm0')->{requests} }
 sub raw {
     my ($text, %o) = @_;

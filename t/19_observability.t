@@ -36,13 +36,11 @@ my $mock = start_mock(members => [ { name => 'primary', stream => '4 5' },
                                    { name => 'secondary', stream => '4 5' } ]);
 my %url = map { $_ => $mock->member_url($_) } qw(primary secondary);
 
-my $gw = start_gateway(mpm => 'prefork', conf => <<"EOF");
-ExtendedStatus On
-<Proxy balancer://aoai>
-    BalancerMember $url{primary} lbset=0 route=primary
-    BalancerMember $url{secondary} lbset=1 route=secondary
-    ProxySet lbmethod=aoai
-</Proxy>
+my $gw = start_gateway(mpm => 'prefork', conf => "ExtendedStatus On\n"
+  . balancer_conf('aoai', members => [
+        [ $url{primary}, lbset => 0, route => 'primary' ],
+        [ $url{secondary}, lbset => 1, route => 'secondary' ] ])
+  . <<"EOF");
 <Location /openai>
     AOAISubscriptionKeyFile $keyfile
 </Location>
@@ -73,12 +71,6 @@ my $http = HTTP::Tiny->new(timeout => 10, keep_alive => 0);
 my $JSON = JSON::PP->new;
 
 sub status_json { get_json($gw->url . '/aoai-status') }
-sub member_status {
-    my ($name) = @_;
-    my ($balancer) = grep { $_->{name} eq 'balancer://aoai' } @{ status_json()->{balancers} };
-    my ($member) = grep { $_->{route} eq $name } @{ $balancer->{members} };
-    return $member;
-}
 sub call {
     my ($team, %o) = @_;
     return chat($gw, headers => { 'api-key' => $client_key{$team} }, %o);
@@ -116,7 +108,7 @@ sub manager_edit {
 # --- JSON status: shape and access control ----------------------------
 my $doc = status_json();
 is(scalar @{ $doc->{balancers} }, 1, 'the JSON status lists the aoai balancer');
-my $primary = member_status('primary');
+my $primary = member_status($gw, 'aoai', 'primary');
 is($primary->{state}, 'ok', 'a fresh member is ok');
 is($primary->{priority}, 0, 'priority is the lbset');
 is($primary->{requests}, 0, 'no requests yet');
@@ -166,7 +158,7 @@ for my $i (0 .. $#plan) {
 }
 is($records[-1]{total_tokens}, '-', 'no tokens logged for a stream without usage');
 
-$primary = member_status('primary');
+$primary = member_status($gw, 'aoai', 'primary');
 my $sum = 0;
 $sum += $_->{total_tokens} for @{ $expected{lines} };
 is($primary->{tokens}{total}, $sum, 'the member counts every token it served');
@@ -183,9 +175,9 @@ for my $team (sort keys %by_key) {
 $mock->control('primary', { force_status => 429, force_count => 1,
                             retry_after_form => 'ms', retry_after_ms => 3000 });
 my $res = call('team_a');
-is($res->{headers}{'x-aoai-backend'}, 'secondary', 'the 429 failed over');
+is(served_by($res), 'secondary', 'the 429 failed over');
 my $marked_at = time;
-$primary = member_status('primary');
+$primary = member_status($gw, 'aoai', 'primary');
 is($primary->{state}, 'throttled', 'JSON: the member is throttled');
 is($primary->{throttled}, 1, 'JSON: one 429 counted');
 is($primary->{failovers}, 1, 'JSON: one failover out counted');
@@ -215,33 +207,33 @@ like($auto, qr{^AOAIKeyTokens: balancer=balancer://aoai member=\Q$url{primary}\E
 
 # The window ends with no traffic at all: the page is right anyway.
 sleep(3.3 - (time - $marked_at)) if time - $marked_at < 3.3;
-is(member_status('primary')->{state}, 'ok', 'JSON: the member is ok again');
-is(call('team_a')->{headers}{'x-aoai-backend'}, 'primary', 'and it serves again');
+is(member_status($gw, 'aoai', 'primary')->{state}, 'ok', 'JSON: the member is ok again');
+is(served_by(call('team_a')), 'primary', 'and it serves again');
 
 # --- Counters survive a graceful restart -------------------------------
-my $before = member_status('primary');
+my $before = member_status($gw, 'aoai', 'primary');
 $gw->graceful;
-my $after = member_status('primary');
+my $after = member_status($gw, 'aoai', 'primary');
 is($after->{$_}, $before->{$_}, "graceful restart keeps $_") for qw(requests served throttled failovers);
 is($after->{tokens}{total}, $before->{tokens}{total}, 'graceful restart keeps tokens');
 is(scalar @{ $after->{keys} }, 2, 'graceful restart keeps the per-key records');
 
 # --- Edits on the balancer-manager page take effect at once ------------
 manager_edit($url{primary}, w_ls => 2);
-is(member_status('primary')->{priority}, 2, 'lbset edited on the page');
-is(call('team_a')->{headers}{'x-aoai-backend'}, 'secondary', 'the next request follows the new priority');
+is(member_status($gw, 'aoai', 'primary')->{priority}, 2, 'lbset edited on the page');
+is(served_by(call('team_a')), 'secondary', 'the next request follows the new priority');
 manager_edit($url{primary}, w_ls => 1);     # same priority as secondary now
 manager_edit($url{primary}, w_lf => 100);
 manager_edit($url{secondary}, w_lf => 1);
 my %share;
-$share{ call('team_a')->{headers}{'x-aoai-backend'} // 'none' }++ for 1 .. 20;
+$share{ served_by(call('team_a')) }++ for 1 .. 20;
 ok(($share{primary} // 0) >= 18, "lbfactor 100:1 edited on the page steers the load (primary $share{primary} of 20)");
 manager_edit($url{primary}, w_status_D => 1);
-is(member_status('primary')->{state}, 'disabled', 'Disabled on the page shows in the status');
-is(call('team_a')->{headers}{'x-aoai-backend'}, 'secondary', 'a member disabled on the page is skipped');
+is(member_status($gw, 'aoai', 'primary')->{state}, 'disabled', 'Disabled on the page shows in the status');
+is(served_by(call('team_a')), 'secondary', 'a member disabled on the page is skipped');
 manager_edit($url{primary}, w_status_D => 0);
 manager_edit($url{secondary}, w_status_D => 1);
-is(call('team_a')->{headers}{'x-aoai-backend'}, 'primary', 'and taken back when enabled again');
+is(served_by(call('team_a')), 'primary', 'and taken back when enabled again');
 
 is(scalar(() = $gw->error_log =~ /exit signal/g), 0, 'no child crashed');
 $gw->stop;

@@ -35,29 +35,27 @@ my $mock = start_mock(members => [ map { { name => $_, tls => $cert{$_} } } @mem
 my %url = map { $_ => $mock->member_https_url($_, $host{$_}) } @members;
 my $ca_file = $ca->file;
 
-my $bad_balancers = join '', map { <<"EOF" } qw(wrongname expired rogue);
-<Proxy balancer://$_>
-    BalancerMember $url{$_} lbset=0 route=$_ retry=30
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    ProxySet lbmethod=aoai
-</Proxy>
-ProxyPass /$_/openai balancer://$_/openai
-EOF
+# A balancer for each member that must not be trusted, farm0 behind it.
+my $bad_balancers = join '', map {
+    balancer_conf($_, members => [ [ $url{$_}, lbset => 0, route => $_, retry => 30 ],
+                                   [ $url{farm0}, lbset => 1, route => 'farm0' ] ])
+    . "ProxyPass /$_/openai balancer://$_/openai\n"
+} qw(wrongname expired rogue);
 
-my $gw = start_gateway(tls => 1, hosts => [ values %host ], conf => <<"EOF");
+my $verified_tls = <<"EOF";
 SSLProxyEngine on
 SSLProxyVerify require
 SSLProxyVerifyDepth 2
 SSLProxyCheckPeerName on
 SSLProxyCheckPeerExpire on
 SSLProxyCACertificateFile $ca_file
-<Proxy balancer://aoai>
-    BalancerMember $url{farm1} lbset=0 route=farm1
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    ProxySet lbmethod=aoai
-    AOAIFirstByteTimeout 800ms
-</Proxy>
-$bad_balancers
+EOF
+my $gw = start_gateway(tls => 1, hosts => [ values %host ], conf => $verified_tls
+  . balancer_conf('aoai', members => [
+        [ $url{farm1}, lbset => 0, route => 'farm1' ],
+        [ $url{farm0}, lbset => 1, route => 'farm0' ] ],
+        inside => [ 'AOAIFirstByteTimeout 800ms' ])
+  . $bad_balancers . <<"EOF");
 ProxyPass /aoai-status !
 ProxyPass /openai balancer://aoai/openai
 <Location /aoai-status>
@@ -68,10 +66,10 @@ EOF
 # --- Verified TLS, each member by its own name --------------------------
 my $res = chat($gw);
 is($res->{status}, 200, 'a call through an HTTPS member');
-is($res->{headers}{'x-aoai-backend'}, 'farm1', 'served by the priority-0 member');
+is(served_by($res), 'farm1', 'served by the priority-0 member');
 my $stats = $mock->stats('farm1');
 is($stats->{last_sni}, 'farm1.openai.test', 'farm1 saw its own name in SNI');
-is($stats->{last_host}, "farm1.openai.test:$mock->{member_port}{farm1}",
+is($stats->{last_host}, "farm1.openai.test:" . $mock->port('farm1'),
    'and its own Host header');
 
 # The first-byte timeout holds over TLS too: it counts from the request to
@@ -80,16 +78,16 @@ $mock->control('farm1', { latency_ms => 2500 });
 my $t0 = time;
 $res = chat($gw, stream => 1);
 my $took = time - $t0;
-is($res->{headers}{'x-aoai-backend'}, 'farm0', 'a silent HTTPS member: the stream fails over at the first-byte timeout');
+is(served_by($res), 'farm0', 'a silent HTTPS member: the stream fails over at the first-byte timeout');
 ok($took >= 0.7 && $took < 2.3, sprintf('  after %.2f s, not the member\'s 2.5 s', $took));
 $mock->control('farm1', { latency_ms => 0 });
 
 $mock->control('farm1', { force_status => 429, force_count => 1, retry_after_ms => 3000 });
 $res = chat($gw);
-is($res->{headers}{'x-aoai-backend'}, 'farm0', 'a 429 over TLS fails over to the next HTTPS member');
+is(served_by($res), 'farm0', 'a 429 over TLS fails over to the next HTTPS member');
 $stats = $mock->stats('farm0');
 is($stats->{last_sni}, 'farm0.openai.test', 'farm0 saw its own name in SNI, not the previous member\'s');
-is($stats->{last_host}, "farm0.openai.test:$mock->{member_port}{farm0}", 'and its own Host');
+is($stats->{last_host}, "farm0.openai.test:" . $mock->port('farm0'), 'and its own Host');
 
 # --- Members whose certificate must not be trusted ---------------------
 for my $bad (qw(wrongname expired rogue)) {
@@ -97,7 +95,7 @@ for my $bad (qw(wrongname expired rogue)) {
     my @served;
     for (1 .. 4) {
         my $r = chat($gw, path => "/$bad$AOAITest::CHAT_PATH");
-        push @served, "$r->{status} " . ($r->{headers}{'x-aoai-backend'} // '-');
+        push @served, "$r->{status} " . served_by($r);
     }
     is_deeply(\@served, [ ('200 farm0') x 4 ], "$bad: every call served by the next member");
     is($mock->stats($bad)->{requests}, 0, "$bad: no request (and no body) ever reached it");
@@ -114,14 +112,13 @@ like($log, qr/AH02276: Certificate Verification: Error \(10\): certificate has e
      'expired: mod_ssl gives the reason');
 like($log, qr/AH02276: Certificate Verification: Error \(18\): self.signed certificate/,
      'rogue: mod_ssl gives the reason');
-my $status = get_json($gw->url . '/aoai-status');
-my ($rogue) = map { @{ $_->{members} } } grep { $_->{name} eq 'balancer://rogue' } @{ $status->{balancers} };
+my $rogue = member_status($gw, 'rogue', 'rogue');
 is($rogue->{state}, 'error', 'the status shows the member in error');
 is($rogue->{failovers}, 1, 'one failover counted for it: the later calls skipped it');
 
 # --- Connections are pooled ----------------------------------------------
 AOAITest::wait_until('farm1 out of its window', 10,
-                     sub { (chat($gw)->{headers}{'x-aoai-backend'} // '') eq 'farm1' });
+                     sub { served_by(chat($gw)) eq 'farm1' });
 $mock->reset('farm1');
 my $http = HTTP::Tiny->new(timeout => 10, keep_alive => 1);
 my $ok = 0;

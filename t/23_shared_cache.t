@@ -42,15 +42,13 @@ sub gateway_conf {
                           . "AOAISharedCacheSync " . ($o{sync} || '250ms') . "\n"
                           : '';
     $cache .= "AOAISharedCacheTimeout $o{timeout}\n" if $o{timeout};
-    my $max = $o{throttle_max} ? "    AOAIThrottleMax $o{throttle_max}\n" : '';
-    return <<"EOF";
-${cache}ExtendedStatus On
-<Proxy balancer://aoai>
-    BalancerMember $url{primary} lbset=0 route=primary
-    BalancerMember $url{secondary} lbset=1 route=secondary
-    BalancerMember $url{tertiary} lbset=2 route=tertiary
-    ProxySet lbmethod=aoai
-$max</Proxy>
+    return "${cache}ExtendedStatus On\n"
+         . balancer_conf('aoai', members => [
+               [ $url{primary}, lbset => 0, route => 'primary' ],
+               [ $url{secondary}, lbset => 1, route => 'secondary' ],
+               [ $url{tertiary}, lbset => 2, route => 'tertiary' ] ],
+               inside => [ $o{throttle_max} ? "AOAIThrottleMax $o{throttle_max}" : () ])
+         . <<"EOF";
 ProxyPass /aoai-status !
 ProxyPass /server-status !
 ProxyPass /openai balancer://aoai/openai
@@ -93,12 +91,6 @@ sub cache_ttl {
 
 sub status { get_json($_[0]->url . '/aoai-status') }
 sub shared { status($_[0])->{shared_cache} }
-sub member {
-    my ($gw, $route) = @_;
-    my ($balancer) = grep { $_->{name} eq 'balancer://aoai' } @{ status($gw)->{balancers} };
-    my ($m) = grep { $_->{route} eq $route } @{ $balancer->{members} || [] };
-    return $m || {};
-}
 sub auto_line {
     my ($gw) = @_;
     my $page = HTTP::Tiny->new(timeout => 10, keep_alive => 0)
@@ -160,7 +152,7 @@ sub shared_windows {
         my ($a, $b) = (shared($A), shared($B));
         $a->{reachable} && $a->{syncs} >= 1 && $b->{reachable} && $b->{syncs} >= 1;
     }), "$t both gateways reach the cache after start-up");
-    is(member($A, 'primary')->{name}, $url{primary},
+    is(member_status($A, 'aoai', 'primary')->{name}, $url{primary},
        "$t the member's name is its URL as written (the key is computed from it)");
 
     # a. A 429 through A: failover, and the window in the cache.
@@ -170,7 +162,7 @@ sub shared_windows {
     my $res = chat($A);
     my $t1 = time;
     is($res->{status}, 200, "$t a call through A whose primary answers 429 gets 200");
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', "$t   from the secondary");
+    is(served_by($res), 'secondary', "$t   from the secondary");
     note "$provider: the call with the 429 took " . ms($t1 - $t0);
     my $key = cache_key($url{primary});
     my $value = cache_get($cache, $key);
@@ -193,14 +185,14 @@ sub shared_windows {
 
     # b. B learns it from its sync and keeps its calls off the primary.
     my $learned_in = wait_for("$provider: B to learn the window", 3,
-                              sub { (member($B, 'primary')->{state} // '') eq 'throttled' });
+                              sub { (member_status($B, 'aoai', 'primary')->{state} // '') eq 'throttled' });
     ok(defined $learned_in, "$t B shows the primary throttled");
     $learned_in //= 99;
     my $since_answer = time - $t1;
     diag sprintf "%s: B showed A's window %s after A's client had its answer (sync 250ms)",
                  $provider, ms($since_answer);
     cmp_ok($since_answer, '<', 1.5, "$t   within 1.5 s");
-    my $b_primary = member($B, 'primary');
+    my $b_primary = member_status($B, 'aoai', 'primary');
     my $b_until = iso_ms($b_primary->{throttled_until}) // 0;
     ok(abs($b_until - ($value // 0)) <= 1,
        "$t   until the end A stored ($b_primary->{throttled_until}, "
@@ -208,7 +200,7 @@ sub shared_windows {
     cmp_ok(shared($B)->{learned}, '>=', 1, "$t   B counts it as learned");
     $res = chat($B);
     is($res->{status}, 200, "$t a call through B is served");
-    is($res->{headers}{'x-aoai-backend'}, 'secondary', "$t   by the secondary");
+    is(served_by($res), 'secondary', "$t   by the secondary");
     is($mock->stats('primary')->{requests}, 1, "$t   the primary was asked once in all: B never called it");
 
     # c. A's view of the cache, JSON and ?auto.
@@ -249,7 +241,7 @@ sub shared_windows {
         for (1 .. 20) {
             my $r = timed_chat($gw);
             $status{ $r->{status} }++;
-            $backend{ $r->{headers}{'x-aoai-backend'} // 'none' }++;
+            $backend{ served_by($r) }++;
             $slowest = $r->{took} if $r->{took} > $slowest;
         }
     }
@@ -265,7 +257,7 @@ sub shared_windows {
                                   retry_after_ms => 20000 });
     $res = timed_chat($A);
     is($res->{status}, 200, "$t cache down: a call whose member answers 429 gets 200");
-    is($res->{headers}{'x-aoai-backend'}, 'tertiary', "$t   from the next member");
+    is(served_by($res), 'tertiary', "$t   from the next member");
     diag "$provider: the call with a 429 while the cache was down took " . ms($res->{took});
     cmp_ok($res->{took}, '<', 1, "$t   in less than 1 s");
     my $failures = shared($A)->{sync_failures};
@@ -297,13 +289,13 @@ sub shared_windows {
     }
     # The window A opened while the cache was down, whose store failed, is
     # stored by A's sync once the cache is back, and B learns it.
-    my $a_secondary = member($A, 'secondary');
+    my $a_secondary = member_status($A, 'aoai', 'secondary');
     is($a_secondary->{state}, 'throttled', "$t A still parks the secondary (20 s window from the outage)");
     my $late = wait_for("$provider: B to learn the window A could not store", 3, sub {
-        (member($B, 'secondary')->{state} // '') eq 'throttled'
+        (member_status($B, 'aoai', 'secondary')->{state} // '') eq 'throttled'
     });
     ok(defined $late, "$t the window A opened while the cache was down reaches B once it is back");
-    my $b_secondary = member($B, 'secondary');
+    my $b_secondary = member_status($B, 'aoai', 'secondary');
     ok(abs((iso_ms($b_secondary->{throttled_until}) // 0) - (iso_ms($a_secondary->{throttled_until}) // 0)) <= 1,
        "$t   the same window ($a_secondary->{throttled_until} on A, "
        . ($b_secondary->{throttled_until} // 'none') . " on B)");
@@ -317,16 +309,16 @@ sub shared_windows {
     is($res->{status}, 429, "$t a new 429 through A from its last member: the client gets 429");
     is($mock->stats('tertiary')->{requests}, $asked{tertiary} + 1, "$t   after asking the tertiary");
     my $again = wait_for("$provider: B to learn the new window", 3, sub {
-        (member($B, 'tertiary')->{state} // '') eq 'throttled'
+        (member_status($B, 'aoai', 'tertiary')->{state} // '') eq 'throttled'
     });
     ok(defined $again, "$t   and B learns it again");
     diag "$provider: after the restart B learned A's new window " . ms(time - $t1) . " after the answer";
     cmp_ok(time - $t1, '<', 1.5, "$t   within 1.5 s");
-    cmp_ok(member($B, 'tertiary')->{throttled_for_ms}, '>', 25000, "$t   the 30 s window");
+    cmp_ok(member_status($B, 'aoai', 'tertiary')->{throttled_for_ms}, '>', 25000, "$t   the 30 s window");
     $res = chat($B);
     is($res->{status}, 429, "$t B, every member parked by windows it learned, answers 429");
     my $retry_ms = $res->{headers}{'retry-after-ms'} // 0;
-    my ($soonest) = sort { $a <=> $b } map { member($B, $_)->{throttled_for_ms} } @ROUTES;
+    my ($soonest) = sort { $a <=> $b } map { member_status($B, 'aoai', $_)->{throttled_for_ms} } @ROUTES;
     ok(abs($retry_ms - $soonest) <= 1000,
        "$t   retry-after-ms $retry_ms: the soonest learned window ends then ($soonest ms left)");
     is($mock->stats($_)->{requests}, $asked{$_} + ($_ eq 'tertiary' ? 1 : 0),
@@ -370,7 +362,7 @@ $memcached->stop;
            . shared($F)->{rejected} . ' in all)');
         my $res = chat($F);
         is($res->{status}, 200, "  calls are served");
-        is(member($F, 'tertiary')->{state}, 'ok', '  the tertiary is not parked');
+        is(member_status($F, 'aoai', 'tertiary')->{state}, 'ok', '  the tertiary is not parked');
     }
     is(log_count($F, qr/AOAI037/), 1, 'garbage: AOAI037 logged once for four bad values')
         or diag log_lines($F, qr/AOAI037/);
@@ -380,10 +372,10 @@ $memcached->stop;
     my $learned = shared($F)->{learned};
     $redis->cli('SET', $key, int((time + 86400) * 1000), 'EX', 60);
     ok(defined wait_for('the far window to be read', 2, sub {
-        (member($F, 'tertiary')->{state} // '') eq 'throttled'
+        (member_status($F, 'aoai', 'tertiary')->{state} // '') eq 'throttled'
     }), 'a window a day ahead parks the tertiary');
     my $now_ms = time * 1000;
-    my $tertiary = member($F, 'tertiary');
+    my $tertiary = member_status($F, 'aoai', 'tertiary');
     my $until = iso_ms($tertiary->{throttled_until}) // 0;
     diag "a day ahead became " . ($until - int $now_ms) . " ms (AOAIThrottleMax 20)";
     cmp_ok($until, '<=', $now_ms + 21000, '  no longer than AOAIThrottleMax: throttled_until <= now + 21 s');
@@ -397,7 +389,7 @@ $memcached->stop;
     $redis->cli('SET', cache_key($url{secondary}), int((time - 10) * 1000), 'EX', 60);
     ok(defined wait_for('three syncs', 3, sub { shared($F)->{syncs} >= $syncs + 3 }),
        'a window in the past under the secondary\'s key, read three times over');
-    is(member($F, 'secondary')->{state}, 'ok', '  ignored: the secondary is not parked');
+    is(member_status($F, 'aoai', 'secondary')->{state}, 'ok', '  ignored: the secondary is not parked');
     is(shared($F)->{learned}, $learned, '  nothing learned');
     is(shared($F)->{rejected}, $rejected, '  and not counted as rejected');
     is(chat($F)->{status}, 200, '  calls are served');
@@ -421,7 +413,7 @@ $redis->stop;
                                     retry_after_ms => 5000 });
         my $res = timed_chat($gw{$name});
         is($res->{status}, 200, "  a call whose primary answers 429 gets 200");
-        is($res->{headers}{'x-aoai-backend'}, 'secondary', '  from the secondary');
+        is(served_by($res), 'secondary', '  from the secondary');
         diag "hung cache, AOAISharedCacheTimeout $label: the call without a 429 took "
            . ms($plain->{took}) . ", the one with a 429 " . ms($res->{took});
         cmp_ok($res->{took}, '>=', $at_least, '  it waited for the store: ' . ms($res->{took}))
@@ -454,8 +446,7 @@ $redis->stop;
 {
     my @modules = qw(authz_core proxy proxy_http proxy_balancer slotmem_shm
                      lbmethod_byrequests socache_shmcb socache_redis socache_memcache);
-    my $balancer = "<Proxy balancer://aoai>\n    BalancerMember http://127.0.0.1:9 lbset=0\n"
-                 . "    ProxySet lbmethod=aoai\n</Proxy>\n";
+    my $balancer = balancer_conf('aoai', members => [ [ 'http://127.0.0.1:9', lbset => 0 ] ]);
     for my $good ("AOAISharedCache redis:127.0.0.1:6379\nAOAISharedCacheSync 100ms\nAOAISharedCacheTimeout 1ms\n",
                   "AOAISharedCache memcache:127.0.0.1:11211\nAOAISharedCacheSync 60s\nAOAISharedCacheTimeout 10s\n",
                   "AOAISharedCache none\n") {

@@ -22,23 +22,23 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 use File::Temp qw(tempdir);
 
+# A gateway whose members have priorities 0, 1, ... in the order named.
 sub gateway {
     my ($mock, $directives, @members) = @_;
-    my $conf = "<Proxy balancer://aoai>\n";
     my $lbset = 0;
-    $conf .= "    BalancerMember " . $mock->member_url($_) . " lbset=" . $lbset++
-           . " route=$_\n" for @members;
-    $conf .= "    ProxySet lbmethod=aoai\n$directives</Proxy>\n"
-           . "ProxyPass /openai balancer://aoai/openai\n"
-           . "<Location /aoai-status>\n    SetHandler aoai-balancer-status\n</Location>\n";
-    return start_gateway(conf => $conf);
+    return start_gateway(conf =>
+        balancer_conf('aoai', inside => $directives, members => [
+            map { [ $mock->member_url($_), lbset => $lbset++, route => $_ ] } @members ])
+      . "ProxyPass /openai balancer://aoai/openai\n"
+      . "<Location /aoai-status>\n    SetHandler aoai-balancer-status\n</Location>\n");
 }
 
-sub served_by {
+# Who served each of $n calls, or the status of a call that was not served.
+sub who_served {
     my ($gw, $n, %o) = @_;
     return map {
         my $res = chat($gw, %o);
-        $res->{status} == 200 ? $res->{headers}{'x-aoai-backend'} : "status $res->{status}"
+        $res->{status} == 200 ? served_by($res) : "status $res->{status}"
     } 1 .. $n;
 }
 
@@ -57,14 +57,13 @@ my $mock = start_mock(members => [
 # secondary without a 429 from the primary.  After the window, back.
 {
     my $gw = gateway($mock, "    AOAIHeadroomWindow requests 3s\n", qw(primary secondary));
-    my @who = served_by($gw, 12);
+    my @who = who_served($gw, 12);
     is(count_of('primary', @who), 5, 'the primary serves the 5 calls of its window');
     is(count_of('secondary', @who), 7, 'the next 7 go to the secondary');
     is_deeply([ @who[0 .. 4] ], [ ('primary') x 5 ], 'the primary first, by priority');
     is($mock->stats('primary')->{status}{429} // 0, 0, 'the primary never had to answer 429');
     is($mock->stats('primary')->{requests}, 5, 'and was asked exactly 5 times');
-    my $status = AOAITest::get_json($gw->url . '/aoai-status');
-    my ($primary) = grep { $_->{route} eq 'primary' } @{ $status->{balancers}[0]{members} };
+    my $primary = member_status($gw, 'aoai', 'primary');
     is($primary->{headroom}{requests}{remaining}, 0, 'the JSON status shows its requests used up');
     is($primary->{headroom}{requests}{limit}, 4, '  and the largest figure it sent (its limit less one)');
     # The mock always says 120000 tokens; the figure only goes down inside
@@ -73,7 +72,7 @@ my $mock = start_mock(members => [
     is($primary->{headroom}{tokens}{remaining}, 120000 - 4 * $estimate,
        '  and its tokens, less the estimates of the calls sent since the first figure');
     sleep 3.2;
-    @who = served_by($gw, 6);
+    @who = who_served($gw, 6);
     is(count_of('primary', @who), 5, 'after its window, the primary serves its next 5');
     is($mock->stats('primary')->{status}{429} // 0, 0, 'still without a 429');
     $gw->stop;
@@ -84,7 +83,7 @@ my $mock = start_mock(members => [
 # exactly 5 go to it.
 {
     my $gw = gateway($mock, '', qw(burst burst_spare));
-    my @first = served_by($gw, 1);
+    my @first = who_served($gw, 1);
     is($first[0], 'burst', 'the first call leaves the member 5 requests');
     my $dir = tempdir(CLEANUP => 1);
     my @pids;
@@ -93,7 +92,7 @@ my $mock = start_mock(members => [
         if (!$pid) {
             my $res = chat($gw);
             open my $out, '>', "$dir/$i" or POSIX::_exit(1);
-            print $out "$res->{status} ", $res->{headers}{'x-aoai-backend'} // '-', "\n";
+            print $out "$res->{status} ", served_by($res), "\n";
             close $out;
             POSIX::_exit(0);
         }
@@ -115,7 +114,7 @@ my $mock = start_mock(members => [
     my $gw = gateway($mock, "    AOAIHeadroomWindow tokens 4s\n", qw(tokens tokens_spare));
     my $cost = int(length(chat_body(max_tokens => 16)) / 4) + 1 + 16;
     my $fits = int(400 / $cost);
-    my @who = served_by($gw, $fits + 3, max_tokens => 16);
+    my @who = who_served($gw, $fits + 3, max_tokens => 16);
     is(count_of('tokens', @who), $fits,
        "the member serves the $fits calls of $cost tokens its 400 allow");
     is(count_of('tokens_spare', @who), 3, 'the rest go to the next member');
@@ -124,9 +123,9 @@ my $mock = start_mock(members => [
     # call estimated at more than it had left; the next such call, with a
     # fresh figure, goes elsewhere although the member has requests left.
     sleep 4.1;
-    my @big = served_by($gw, 1, max_tokens => 1000);
+    my @big = who_served($gw, 1, max_tokens => 1000);
     is($big[0], 'tokens', 'after its window the member takes a large call');
-    @big = served_by($gw, 1, max_tokens => 1000);
+    @big = who_served($gw, 1, max_tokens => 1000);
     is($big[0], 'tokens_spare',
        'the next call asking for 1000 tokens does not fit what the member has left');
     $gw->stop;
@@ -138,7 +137,7 @@ my $mock = start_mock(members => [
 {
     my $gw = gateway($mock, "    AOAIHeadroomFloor requests 50%\n    AOAIHeadroomWindow requests 8s\n",
                      qw(pct pct_spare));
-    my @who = served_by($gw, 10);
+    my @who = who_served($gw, 10);
     is(count_of('pct', @who), 6, 'a 50% floor keeps the member 4 requests of 10 in reserve');
     is(count_of('pct_spare', @who), 4, 'the rest went to the next member');
     $gw->stop;
@@ -149,7 +148,7 @@ my $mock = start_mock(members => [
 {
     my $gw = gateway($mock, "    AOAIHeadroomFloor requests 2\n    AOAIHeadroomWindow requests 8s\n",
                      qw(low_a low_b));
-    my @who = served_by($gw, 10);
+    my @who = who_served($gw, 10);
     is_deeply([ @who[0 .. 5] ], [ qw(low_a low_a low_a low_b low_b low_b) ],
               'each member serves down to its floor, by priority') or diag "@who";
     is_deeply([ @who[6 .. 7] ], [ qw(low_a low_a) ],
@@ -164,7 +163,7 @@ my $mock = start_mock(members => [
 {
     my $gw = gateway($mock, "    AOAIHeadroomFloor requests off\n    AOAIHeadroomFloor tokens off\n",
                      qw(classic classic_spare));
-    my @who = served_by($gw, 5);
+    my @who = who_served($gw, 5);
     is(count_of('classic', @who), 3, 'with headroom off the member still serves its 3');
     is($mock->stats('classic')->{status}{429}, 1, 'and then answers a 429, failed over');
     is(count_of('classic_spare', @who), 2, 'the spare served the rest');

@@ -85,13 +85,11 @@ my $clamp_limit = $E + 8;                        # one estimate fits; its usage 
 
 sub gateway_conf {
     my ($extra) = @_;
-    return <<"EOF";
-$extra
-<Proxy balancer://aoai>
-    BalancerMember $url{east} lbset=0 route=east
-    BalancerMember $url{west} lbset=1 route=west
-    ProxySet lbmethod=aoai
-</Proxy>
+    return "$extra\n"
+         . balancer_conf('aoai', members => [
+               [ $url{east}, lbset => 0, route => 'east' ],
+               [ $url{west}, lbset => 1, route => 'west' ] ])
+         . <<"EOF";
 <Location /quota>
     AOAISubscriptionKeyFile $keyfile
     AOAIKeyTokensPerMinute 300
@@ -393,13 +391,16 @@ $gw->stop;
 
 # ---------------------------------------------------------------------
 # 7. Configuration.
-my $proxy = "<Proxy balancer://q>\n    BalancerMember http://127.0.0.1:9 route=a\n"
-          . "    ProxySet lbmethod=aoai\n%s\n</Proxy>\n";
+my $proxy = sub {
+    my ($inside) = @_;
+    return balancer_conf('q', members => [ [ 'http://127.0.0.1:9', route => 'a' ] ],
+                         inside => "$inside\n");
+};
 for my $good (
     [ 'in server context', "AOAIKeyTokensPerMinute 1000\nAOAIKeyTokensPerMinute 50 team_a\n" ],
     [ 'in <Location>', "<Location /x>\nAOAIKeyTokensPerMinute 1000\nAOAIKeyTokensPerMinute 50 team_a\n"
                       . "AOAIKeyTokensPerMinute 70 team_b\n</Location>\n" ],
-    [ 'in <Proxy>', sprintf($proxy, "AOAIKeyTokensPerMinute 1000\nAOAIKeyTokensPerMinute 1 team_a") ],
+    [ 'in <Proxy>', $proxy->("AOAIKeyTokensPerMinute 1000\nAOAIKeyTokensPerMinute 1 team_a") ],
     [ 'the same label in two contexts', "AOAIKeyTokensPerMinute 5 team_a\n<Location /x>\nAOAIKeyTokensPerMinute 6 team_a\n</Location>\n" ],
 ) {
     my ($ok, $out) = configtest($good->[1]);
@@ -417,7 +418,7 @@ for my $bad (
 ) {
     (my $name = $bad->[0]) =~ s/\n/; /g;
     for my $where ([ '<Location>', "<Location /x>\n$bad->[0]\n</Location>\n" ],
-                   [ '<Proxy>', sprintf($proxy, $bad->[0]) ]) {
+                   [ '<Proxy>', $proxy->($bad->[0]) ]) {
         my ($ok, $out) = configtest($where->[1]);
         ok(!$ok, "apache2 -t fails in $where->[0] on: $name");
         like($out, $bad->[1], '  naming AOAIKeyTokensPerMinute and what is wrong') or diag $out;

@@ -29,28 +29,16 @@ my $declarations = <<'EOF';
     AOAIDeployment west gpt-35-turbo gpt35t-0125
     AOAIDeployment west gpt-4o
 EOF
-my $gw = start_gateway(conf => <<"EOF");
-<Proxy balancer://aoai>
-    BalancerMember $url{east} lbset=0 route=east
-    BalancerMember $url{west} lbset=1 route=west
-    BalancerMember $url{north} lbset=2 route=north
-    ProxySet lbmethod=aoai
-$declarations</Proxy>
-<Proxy balancer://twin>
-    BalancerMember $url{east} lbset=0 route=east
-    BalancerMember $url{west} lbset=1 route=west
-    BalancerMember $url{north} lbset=2 route=north
-    ProxySet lbmethod=aoai
-$declarations</Proxy>
-<Proxy balancer://strict>
-    BalancerMember $url{east} lbset=0 route=east
-    BalancerMember $url{west} lbset=1 route=west
-    BalancerMember $url{north} lbset=2 route=north
-    ProxySet lbmethod=aoai
-    AOAIDeployment east gpt-35-turbo
-    AOAIDeployment west gpt-4o
-    AOAIDeployment north ada
-</Proxy>
+my @by_priority = ([ $url{east}, lbset => 0, route => 'east' ],
+                   [ $url{west}, lbset => 1, route => 'west' ],
+                   [ $url{north}, lbset => 2, route => 'north' ]);
+my $gw = start_gateway(conf =>
+    balancer_conf('aoai', members => \@by_priority, inside => $declarations)
+  . balancer_conf('twin', members => \@by_priority, inside => $declarations)
+  . balancer_conf('strict', members => \@by_priority,
+                  inside => [ 'AOAIDeployment east gpt-35-turbo', 'AOAIDeployment west gpt-4o',
+                              'AOAIDeployment north ada' ])
+  . <<"EOF");
 ProxyPass /twin/openai balancer://twin/openai
 ProxyPass /strict/openai balancer://strict/openai
 ProxyPass /openai balancer://aoai/openai
@@ -73,7 +61,6 @@ sub delta {
     return { map { $_ => $now->{$_} - $before->{$_} } @members };
 }
 sub last_path { $mock->stats($_[0])->{last_path} }
-sub backend { $_[0]{headers}{'x-aoai-backend'} // '(none)' }
 sub park {
     my ($member) = @_;
     $mock->control($member, { force_status => 429, force_count => 1, retry_after_ms => 30000 });
@@ -85,32 +72,32 @@ sub chat_path { "/openai/deployments/$_[0]/chat/completions?$query" }
 my $before = counts();
 my $res = call('gpt-35-turbo');
 is($res->{status}, 200, 'gpt-35-turbo: 200');
-is(backend($res), 'east', '  from east, the first member');
+is(served_by($res), 'east', '  from east, the first member');
 is(last_path('east'), chat_path('gpt-35-turbo'), '  which got the path unchanged');
 is_deeply(delta($before), { east => 1, west => 0, north => 0 }, '  one call, to east');
 
 $before = counts();
 $res = call('gpt-4o');
 is($res->{status}, 200, 'gpt-4o: 200');
-is(backend($res), 'west', '  from west: east, first by priority, does not serve it');
+is(served_by($res), 'west', '  from west: east, first by priority, does not serve it');
 is(last_path('west'), chat_path('gpt-4o'), '  west got it as gpt-4o, the query kept');
 is_deeply(delta($before), { east => 0, west => 1, north => 0 }, '  east was not asked');
 is($res->{log}{attempts}, 1, '  at the first attempt');
 
 $before = counts();
 $res = call('ada');
-is(backend($res), 'north', 'ada, declared by nobody: north, which declares nothing, serves it');
+is(served_by($res), 'north', 'ada, declared by nobody: north, which declares nothing, serves it');
 is(last_path('north'), chat_path('ada'), '  under the client\'s name');
 is_deeply(delta($before), { east => 0, west => 0, north => 1 }, '  neither east nor west was asked');
 
 $before = counts();
 $res = call('gpt-35-turbo-16k');
-is(backend($res), 'north', 'gpt-35-turbo-16k is not gpt-35-turbo: north');
+is(served_by($res), 'north', 'gpt-35-turbo-16k is not gpt-35-turbo: north');
 is_deeply(delta($before), { east => 0, west => 0, north => 1 }, '  east was not asked');
 
 $before = counts();
 $res = call('gpt-4o', '', 'embeddings');
-is(backend($res), 'west', 'another operation on gpt-4o (embeddings): west too');
+is(served_by($res), 'west', 'another operation on gpt-4o (embeddings): west too');
 is(last_path('west'), "/openai/deployments/gpt-4o/embeddings?$query", '  the operation kept');
 
 # A path without /deployments/ is not filtered: the first member gets it,
@@ -120,7 +107,7 @@ for my $case ([ '', $query ], [ '/strict', $query ], [ '/strict', "$query&next=/
     my ($prefix, $q) = @$case;
     $res = chat($gw, path => "$prefix/openai/models?$q");
     my @log = access_log_records($gw, ++$calls);
-    is(backend($res), 'east', ($prefix || '/') . " /openai/models?$q: passed to east")
+    is(served_by($res), 'east', ($prefix || '/') . " /openai/models?$q: passed to east")
         or diag "$res->{status} $res->{content}";
     is(($log[$calls - 1] || {})->{backend}, 'east', '  as the access log says');
     isnt($res->{json}{error}{code} // '', 'DeploymentNotFound', '  not refused by the gateway');
@@ -133,7 +120,7 @@ park('west');
 $before = counts();
 $res = call('gpt-4o');
 is($res->{status}, 200, 'west answers 429 for gpt-4o: the call is served');
-is(backend($res), 'north', '  by north');
+is(served_by($res), 'north', '  by north');
 is(last_path('north'), chat_path('gpt-4o'), '  under gpt-4o');
 is_deeply(delta($before), { east => 0, west => 1, north => 1 },
           '  after west\'s 429; east, the first member and healthy, was not asked');
@@ -141,10 +128,10 @@ is($res->{log}{attempts}, 2, '  in two attempts');
 
 $before = counts();
 $res = call('gpt-4o');
-is(backend($res), 'north', 'with west in its throttle window, gpt-4o goes to north directly');
+is(served_by($res), 'north', 'with west in its throttle window, gpt-4o goes to north directly');
 is_deeply(delta($before), { east => 0, west => 0, north => 1 }, '  still not to east');
 $res = call('gpt-35-turbo');
-is(backend($res), 'east', 'gpt-35-turbo still goes to east');
+is(served_by($res), 'east', 'gpt-35-turbo still goes to east');
 
 # ---------------------------------------------------------------------
 # twin (its own windows): east answers 429 for gpt-35-turbo; west serves it
@@ -153,7 +140,7 @@ park('east');
 $before = counts();
 $res = call('gpt-35-turbo', '/twin');
 is($res->{status}, 200, 'twin: east answers 429 for gpt-35-turbo: the call is served');
-is(backend($res), 'west', '  by west');
+is(served_by($res), 'west', '  by west');
 is(last_path('west'), chat_path('gpt35t-0125'),
    '  which got /deployments/gpt35t-0125/, its own name, and the same query');
 is_deeply(delta($before), { east => 1, west => 1, north => 0 }, '  after east\'s one 429');
@@ -161,20 +148,20 @@ is($res->{json}{model}, 'gpt35t-0125', '  (the member answered for gpt35t-0125)'
 
 $before = counts();
 $res = call('gpt-35-turbo', '/twin');
-is(backend($res), 'west', 'twin: east in its window, the next gpt-35-turbo goes to west');
+is(served_by($res), 'west', 'twin: east in its window, the next gpt-35-turbo goes to west');
 like(last_path('west'), qr{/deployments/gpt35t-0125/}, '  as gpt35t-0125 again');
 is_deeply(delta($before), { east => 0, west => 1, north => 0 }, '  east not asked');
 
 $res = chat($gw, path => '/twin' . chat_path('gpt-35-turbo') . '&note=/deployments/gpt-35-turbo/x');
 my @log = access_log_records($gw, ++$calls);
-is(backend($res), 'west', 'twin: a query with /deployments/gpt-35-turbo/ in it: west');
+is(served_by($res), 'west', 'twin: a query with /deployments/gpt-35-turbo/ in it: west');
 is(last_path('west'), chat_path('gpt35t-0125') . '&note=/deployments/gpt-35-turbo/x',
    '  the path renamed, the query sent as it came');
 
 park('west');
 $before = counts();
 $res = call('gpt-35-turbo', '/twin');
-is(backend($res), 'north', 'twin: west answers 429 too: north, which declares nothing, serves gpt-35-turbo');
+is(served_by($res), 'north', 'twin: west answers 429 too: north, which declares nothing, serves gpt-35-turbo');
 is(last_path('north'), chat_path('gpt-35-turbo'), '  under the client\'s name, not west\'s');
 is_deeply(delta($before), { east => 0, west => 1, north => 1 }, '  after west\'s 429');
 
@@ -191,7 +178,7 @@ for my $deployment ('nope', 'gpt-35-turbo-16k', 'gpt-4') {
         message => 'The API deployment for this resource does not exist. If you created the deployment '
                  . 'within the last 5 minutes, please wait a moment and try again.' } },
         "  Azure's DeploymentNotFound") or diag $res->{content};
-    is(backend($res), '(none)', '  no member named in x-aoai-backend');
+    is(served_by($res), '(none)', '  no member named in x-aoai-backend');
     is($res->{log}{backend}, '-', '  nor in the access log');
     like($gw->error_log, qr/\[aoai_balancer:info\][^\n]*AOAI048:[^\n]*\Q$deployment\E/,
          "  AOAI048 at info, naming $deployment");
@@ -201,10 +188,10 @@ is(scalar(() = $gw->error_log =~ /AOAI048/g) - $errors_before, 3, 'one AOAI048 l
 
 $before = counts();
 $res = call('ada', '/strict');
-is(backend($res), 'north', 'strict: ada goes to north, which declares it');
+is(served_by($res), 'north', 'strict: ada goes to north, which declares it');
 is_deeply(delta($before), { east => 0, west => 0, north => 1 }, '  skipping east and west');
 $res = call('gpt-4o', '/strict');
-is(backend($res), 'west', 'strict: gpt-4o goes to west');
+is(served_by($res), 'west', 'strict: gpt-4o goes to west');
 
 # The only member that serves gpt-35-turbo there answers 429: the client
 # gets a 429, and no member that does not serve it is asked.
@@ -226,11 +213,10 @@ $gw->stop;
 # Configuration.
 sub balancer {
     my ($lines) = @_;
-    return "<Proxy balancer://x>\n    BalancerMember http://127.0.0.1:9 route=a\n"
-         . "    BalancerMember http://127.0.0.1:10 route=b\n"
-         . "    ProxySet lbmethod=aoai\n$lines\n</Proxy>\n"
-         . "<Proxy balancer://y>\n    BalancerMember http://127.0.0.1:11 route=c\n"
-         . "    ProxySet lbmethod=aoai\n</Proxy>\n";
+    return balancer_conf('x', members => [ [ 'http://127.0.0.1:9', route => 'a' ],
+                                           [ 'http://127.0.0.1:10', route => 'b' ] ],
+                         inside => "$lines\n")
+         . balancer_conf('y', members => [ [ 'http://127.0.0.1:11', route => 'c' ] ]);
 }
 my $long = 'x' x 64;
 for my $good (

@@ -49,41 +49,28 @@ my $mock = start_mock(members => [ map { { name => $_, ($_ eq 'entra' ? (bearer 
 my %url = map { $_ => $mock->member_url($_) } @members;
 my $vhost_port = free_port();
 
-my $gw = start_gateway(conf => <<"EOF");
-<Proxy balancer://solo>
-    BalancerMember $url{entra} lbset=0 route=entra
-    ProxySet lbmethod=aoai
-    AOAIMemberCredential entra bearer file:$token_file
-</Proxy>
-<Proxy balancer://pair>
-    BalancerMember $url{busy} lbset=0 route=busy
-    BalancerMember $url{entra} lbset=1 route=entra
-    ProxySet lbmethod=aoai
-    AOAIMemberCredential entra bearer file:$token_file
-</Proxy>
-<Proxy balancer://fallback>
-    BalancerMember $url{entra} lbset=0 route=entra
-    BalancerMember $url{open} lbset=1 route=open
-    ProxySet lbmethod=aoai
-    AOAIMemberCredential entra bearer file:$token_file
-</Proxy>
-<Proxy balancer://keyed>
-    BalancerMember $url{open} lbset=0 route=open
-    ProxySet lbmethod=aoai
-</Proxy>
-<Proxy balancer://named>
-    BalancerMember $url{east} lbset=0 route=east
-    BalancerMember $url{west} lbset=1 route=west
-    ProxySet lbmethod=aoai
-    AOAIDeployment east gpt-35-turbo
-    AOAIDeployment west gpt-4o
-    AOAIDeployment west gpt-35-turbo gpt35t-0125
-</Proxy>
-<Proxy balancer://aoai>
-    BalancerMember $url{farm1} lbset=0 route=farm1
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    ProxySet lbmethod=aoai
-</Proxy>
+my $entra_credential = "AOAIMemberCredential entra bearer file:$token_file";
+my $gw = start_gateway(conf =>
+    balancer_conf('solo', members => [ [ $url{entra}, lbset => 0, route => 'entra' ] ],
+        inside => [ $entra_credential ])
+  . balancer_conf('pair', members => [
+        [ $url{busy}, lbset => 0, route => 'busy' ],
+        [ $url{entra}, lbset => 1, route => 'entra' ] ],
+        inside => [ $entra_credential ])
+  . balancer_conf('fallback', members => [
+        [ $url{entra}, lbset => 0, route => 'entra' ],
+        [ $url{open}, lbset => 1, route => 'open' ] ],
+        inside => [ $entra_credential ])
+  . balancer_conf('keyed', members => [ [ $url{open}, lbset => 0, route => 'open' ] ])
+  . balancer_conf('named', members => [
+        [ $url{east}, lbset => 0, route => 'east' ],
+        [ $url{west}, lbset => 1, route => 'west' ] ],
+        inside => [ 'AOAIDeployment east gpt-35-turbo', 'AOAIDeployment west gpt-4o',
+                    'AOAIDeployment west gpt-35-turbo gpt35t-0125' ])
+  . balancer_conf('aoai', members => [
+        [ $url{farm1}, lbset => 0, route => 'farm1' ],
+        [ $url{farm0}, lbset => 1, route => 'farm0' ] ])
+  . <<"EOF");
 <Location /keyed>
     AOAISubscriptionKeyFile $keyfile
 </Location>
@@ -124,12 +111,6 @@ sub logged_call {
         ? { status => $1, backend => $2, attempts => $3, key => $4 } : {};
     return $res;
 }
-sub member_status {
-    my ($balancer, $route) = @_;
-    my ($b) = grep { $_->{name} eq "balancer://$balancer" } @{ get_json($gw->url . '/aoai-status')->{balancers} };
-    my ($m) = grep { $_->{route} eq $route } @{ $b->{members} };
-    return $m;
-}
 
 # --- 1. A token file the children cannot use ----------------------------
 subtest 'unusable member credential' => sub {
@@ -145,7 +126,7 @@ subtest 'unusable member credential' => sub {
 
     $res = logged_call(path => "/fallback$CHAT_PATH");
     is($res->{status}, 200, 'with a next member: 200');
-    is($res->{headers}{'x-aoai-backend'}, 'open', '  from the next member');
+    is(served_by($res), 'open', '  from the next member');
     is($res->{log}{attempts}, 2, '  after two attempts');
 
     $mock->control('busy', { force_status => 429, force_count => 1, retry_after_ms => 4000 });
@@ -160,8 +141,8 @@ subtest 'unusable member credential' => sub {
     is($res->{status}, 503, 'an empty token file: 503 too');
 
     is($mock->stats('entra')->{requests}, 0, 'the member was never sent a call without its credential');
-    is(member_status('solo', 'entra')->{requests}, 0, '  and its requests counter says so');
-    ok(member_status('fallback', 'entra')->{failovers} >= 1, '  each such attempt is a failover from it');
+    is(member_status($gw, 'solo', 'entra')->{requests}, 0, '  and its requests counter says so');
+    ok(member_status($gw, 'fallback', 'entra')->{failovers} >= 1, '  each such attempt is a failover from it');
     my @lines = grep { /AOAI030/ } split /\n/, $gw->error_log;
     is(scalar(grep { /balancer:\/\/solo/ } @lines), 1, 'logged once per retry interval, not per call');
     like($lines[0] // '', qr/member entra: its bearer token file \Q$token_file\E is unreadable/,
@@ -223,23 +204,23 @@ subtest 'deployment names in any case' => sub {
     my %before = map { $_ => $mock->stats($_)->{requests} } qw(east west);
     my $res = logged_call(path => '/named/openai/deployments/GPT-4o/chat/completions?api-version=2024-06-01');
     is($res->{status}, 200, 'deployments/GPT-4o: served');
-    is($res->{headers}{'x-aoai-backend'}, 'west', '  by the only member that declares gpt-4o');
+    is(served_by($res), 'west', '  by the only member that declares gpt-4o');
     is($mock->stats('west')->{last_path}, '/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01',
        '  which is sent the name it declared');
     is($mock->stats('east')->{requests}, $before{east}, '  east, which does not declare it, got nothing');
     # The segment in another case is still a deployment call: east, first
     # in priority, must not be sent a deployment it does not declare.
     $res = logged_call(path => '/named/openai/Deployments/gpt-4o/chat/completions?api-version=2024-06-01');
-    is($res->{headers}{'x-aoai-backend'}, 'west', '/Deployments/gpt-4o: west answered');
+    is(served_by($res), 'west', '/Deployments/gpt-4o: west answered');
     is($mock->stats('east')->{requests}, $before{east}, '  east still got nothing');
 
     $res = logged_call(path => '/named/openai/deployments/GPT-35-Turbo/chat/completions?api-version=2024-06-01');
-    is($res->{headers}{'x-aoai-backend'}, 'east', 'GPT-35-Turbo: east serves gpt-35-turbo');
+    is(served_by($res), 'east', 'GPT-35-Turbo: east serves gpt-35-turbo');
     is($mock->stats('east')->{last_path}, '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01',
        '  under the name it declared');
     $mock->control('east', { force_status => 429, force_count => 1, retry_after_ms => 1500 });
     $res = logged_call(path => '/named/openai/deployments/GPT-35-TURBO/chat/completions?api-version=2024-06-01');
-    is($res->{headers}{'x-aoai-backend'}, 'west', 'on failover, west');
+    is(served_by($res), 'west', 'on failover, west');
     is($mock->stats('west')->{last_path}, '/openai/deployments/gpt35t-0125/chat/completions?api-version=2024-06-01',
        '  under its own name for it');
 
@@ -260,15 +241,15 @@ subtest 'balancer used from a virtual host' => sub {
                           { headers => { 'content-type' => 'application/json' }, content => chat_body() });
     $logged++;
     is($res->{status}, 200, 'through the virtual host, the 429 is failed over: 200');
-    is($res->{headers}{'x-aoai-backend'}, 'farm0', '  by the next member, named as by the module');
+    is(served_by($res), 'farm0', '  by the next member, named as by the module');
     like($gw->error_log, qr/AOAI007: balancer:\/\/aoai, used in virtual host \S+:$vhost_port, balances with lbmethod=aoai/,
          '  and the start-up log says the virtual host balances with aoai');
     $res = logged_call();
-    is($res->{headers}{'x-aoai-backend'}, 'farm0', 'the main server sees the same window');
+    is(served_by($res), 'farm0', 'the main server sees the same window');
     $res = $http->post("http://127.0.0.1:$vhost_port$CHAT_PATH",
                        { headers => { 'content-type' => 'application/json' }, content => chat_body() });
     $logged++;
-    is($res->{headers}{'x-aoai-backend'}, 'farm0', 'and so does the virtual host');
+    is(served_by($res), 'farm0', 'and so does the virtual host');
     is($mock->stats('farm1')->{requests}, 1, 'farm1 was called once, for its 429');
 };
 
@@ -292,8 +273,8 @@ $mock->stop;
 # --- 1. apachectl -t checks bearer token files against User -----------
 my $proxy = sub {
     my ($file) = @_;
-    return "<Proxy balancer://b>\nBalancerMember http://127.0.0.1:9 route=a\nProxySet lbmethod=aoai\n"
-         . "AOAIMemberCredential a bearer file:$file\n</Proxy>\n";
+    return balancer_conf('b', members => [ [ 'http://127.0.0.1:9', route => 'a' ] ],
+                         inside => [ "AOAIMemberCredential a bearer file:$file" ]);
 };
 my ($ok, $out) = configtest($proxy->("$secrets/none.token"));
 ok(!$ok, 'apache2 -t fails for a missing token file');

@@ -24,20 +24,13 @@ my $mock = start_mock(members => [ map { { name => $_ } } qw(farm1 farm0) ]);
 my %url = map { $_ => $mock->member_url($_) } qw(farm1 farm0);
 my $work = tempdir('aoai-load-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 
-sub status_member {
-    my ($gw, $route) = @_;
-    my $doc = get_json($gw->url . '/aoai-status');
-    my ($m) = grep { $_->{route} eq $route } @{ $doc->{balancers}[0]{members} };
-    return $m;
-}
-sub balancer_conf {
+sub gateway_conf {
     my (%o) = @_;
-    return ($o{head} // '') . <<"EOF";
-<Proxy balancer://aoai>
-    BalancerMember $url{farm1} lbset=0 route=farm1
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    ProxySet lbmethod=aoai
-</Proxy>
+    return ($o{head} // '')
+         . balancer_conf('aoai', members => [
+               [ $url{farm1}, lbset => 0, route => 'farm1' ],
+               [ $url{farm0}, lbset => 1, route => 'farm0' ] ])
+         . <<"EOF";
 <Location /aoai-status>
     SetHandler aoai-balancer-status
 </Location>
@@ -53,7 +46,7 @@ sub error_lines {
 # --- 6. HTTP/2 bursts against a member that answers 429 -----------------
 subtest 'HTTP/2 bursts over 429s' => sub {
     my $gw = start_gateway(extra_modules => "LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so\n",
-                           conf => balancer_conf(head => "Protocols h2c http/1.1\n"));
+                           conf => gateway_conf(head => "Protocols h2c http/1.1\n"));
     open my $fh, '>', "$work/body.json" or die;
     print $fh chat_body();
     close $fh;
@@ -72,10 +65,10 @@ subtest 'HTTP/2 bursts over 429s' => sub {
     my @errors = error_lines($gw, qr/:error\]|AH00940|AH01114/);
     is(scalar @errors, 0, 'no error-level line, no AH00940/AH01114') or diag join "\n", @errors[0 .. ($#errors < 4 ? $#errors : 4)];
     for my $route (qw(farm1 farm0)) {
-        is(status_member($gw, $route)->{requests}, $mock->stats($route)->{requests},
+        is(member_status($gw, 'aoai', $route)->{requests}, $mock->stats($route)->{requests},
            "$route: requests counted = requests it received (" . $mock->stats($route)->{requests} . ')');
     }
-    is(status_member($gw, 'farm1')->{throttled}, 30, 'farm1: 30 429s counted');
+    is(member_status($gw, 'aoai', 'farm1')->{throttled}, 30, 'farm1: 30 429s counted');
     $gw->stop;
 };
 
@@ -91,7 +84,7 @@ subtest 'redis restarted under load' => sub {
     my $head = "KeepAliveTimeout 60\nAOAISharedCache " . $redis->spec . "\nAOAISharedCacheSync 100ms\n";
     my $mods = "LoadModule socache_redis_module /usr/lib/apache2/modules/mod_socache_redis.so\n";
     my %gw = map { $_ => start_gateway(name => "gw$_", extra_modules => $mods,
-                                       conf => balancer_conf(head => $head)) } qw(A B);
+                                       conf => gateway_conf(head => $head)) } qw(A B);
     my $shared = sub { get_json($_[0]->url . '/aoai-status')->{shared_cache} };
     wait_until('both gateways to sync', 10, sub { $shared->($gw{A})->{reachable} && $shared->($gw{B})->{reachable} });
 
@@ -110,13 +103,13 @@ subtest 'redis restarted under load' => sub {
         $mock->control('farm1', { force_status => 429, force_count => 1, retry_after_ms => $ms });
         my $res = raw_request($sock);
         my $learned = eval { wait_until('B to learn the window', 3, sub {
-            (status_member($gw{B}, 'farm1')->{state} // '') eq 'throttled' }) };
+            (member_status($gw{B}, 'aoai', 'farm1')->{state} // '') eq 'throttled' }) };
         sleep($ms / 1000 + 0.1);
         return ($res, $learned);
     };
     for my $pid (@children) {
         my ($res, $learned) = $window->($by_pid{$pid}, 400);
-        is($res->{headers}{'x-aoai-backend'}, 'farm0', "before the restart, child $pid: a 429 failed over");
+        is(served_by($res), 'farm0', "before the restart, child $pid: a 429 failed over");
         ok($learned, '  and B learned the window');
     }
 
@@ -137,7 +130,7 @@ subtest 'redis restarted under load' => sub {
 
     for my $pid (@children) {
         my ($res, $learned) = $window->($by_pid{$pid}, 600);
-        is($res->{headers}{'x-aoai-backend'}, 'farm0', "after the restart, child $pid: a 429 failed over");
+        is(served_by($res), 'farm0', "after the restart, child $pid: a 429 failed over");
         ok($learned, "  B learned that window (no stale connection lost it)");
     }
     is($shared->($gw{A})->{publish_failures}, $failures, "none of A's stores after the restart failed");
@@ -153,25 +146,20 @@ subtest 'TLS handshake that never ends' => sub {
     sleep 0.3;
     $mock->reset;
     my $hole = start_blackhole();
-    my $gw = start_gateway(tls => 1, conf => <<"EOF");
-SSLProxyEngine on
-SSLProxyVerify none
-SSLProxyCheckPeerName off
-<Proxy balancer://aoai>
-    BalancerMember https://127.0.0.1:@{[ $hole->port ]} lbset=0 route=silent timeout=3 retry=0
-    BalancerMember $url{farm0} lbset=1 route=farm0
-    ProxySet lbmethod=aoai
-    AOAIFirstByteTimeout 1s
-</Proxy>
-ProxyPass /openai balancer://aoai/openai
-EOF
+    my $gw = start_gateway(tls => 1, conf =>
+        "SSLProxyEngine on\nSSLProxyVerify none\nSSLProxyCheckPeerName off\n"
+      . balancer_conf('aoai', members => [
+            [ 'https://127.0.0.1:' . $hole->port, lbset => 0, route => 'silent', timeout => 3, retry => 0 ],
+            [ $url{farm0}, lbset => 1, route => 'farm0' ] ],
+            inside => [ 'AOAIFirstByteTimeout 1s' ])
+      . "ProxyPass /openai balancer://aoai/openai\n");
     for my $streamed (1, 0) {
         my $t0 = time;
         my $res = chat($gw, stream => $streamed);
         my $took = time - $t0;
         my $what = $streamed ? 'streamed' : 'not streamed';
         is($res->{status}, 200, "$what: served");
-        is($res->{headers}{'x-aoai-backend'}, 'farm0', '  by the next member');
+        is(served_by($res), 'farm0', '  by the next member');
         ok($took >= 0.9 && $took < 2.2, sprintf '  after about the first-byte timeout of 1 s, not timeout=3 (%.2f s)', $took);
     }
     my $t0 = time;

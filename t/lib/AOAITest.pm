@@ -20,13 +20,15 @@ use HTTP::Tiny;
 use IO::Socket::INET;
 use JSON::PP;
 use POSIX qw(WNOHANG);
+use Fcntl qw(O_RDWR O_RDONLY O_CREAT :flock);
 use Time::HiRes qw(time sleep);
 use Digest::SHA qw(sha256_hex);
 
 our @EXPORT = qw(start_mock start_gateway configtest chat_body chat
                  post_json get_json free_port wait_until raw_connect
                  raw_request access_log_records sha256_hex $TOP
-                 $CHAT_PATH start_redis start_memcached start_blackhole);
+                 $CHAT_PATH start_redis start_memcached start_blackhole
+                 balancer_conf served_by member_status);
 
 our $CHAT_PATH =
     '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01';
@@ -41,16 +43,84 @@ sub module_path {
         : "$TOP/.libs/mod_aoai_balancer.so";
 }
 
-my %taken;
+# Ports.  Test files run in parallel (prove -j) and each picks its ports
+# at random, so "bind, close, hope nobody takes it before httpd does" is
+# not enough: a port is claimed with a lock on /tmp/aoai-ports/PORT, held
+# by the process that claimed it until it exits (the kernel releases the
+# lock of a process that died, so a claim is never stale), and only then
+# checked free with a bind.  Ports come from below the kernel's ephemeral
+# range, where no outgoing connection of the tests can be sitting.  A
+# process outside this scheme can still take a port; AOAITest::Server->start
+# then moves httpd to fresh ones.
+my $PORT_DIR = '/tmp/aoai-ports';
+my %claimed;    # port => [ its locked file, the PID that claimed it ]
+
+sub port_range {
+    my ($ephemeral) = do {
+        open my $fh, '<', '/proc/sys/net/ipv4/ip_local_port_range' or return (20000, 30000);
+        split ' ', scalar <$fh>;
+    };
+    return ($ephemeral && $ephemeral > 25000) ? (20000, $ephemeral - 20000) : (20000, 30000);
+}
+
+# Held for the whole claim and the release, so that a file is never
+# unlinked between another process opening it and locking it.
+sub with_port_dir_lock {
+    my ($code) = @_;
+    unless (-d $PORT_DIR) {
+        mkdir $PORT_DIR;
+        chmod 01777, $PORT_DIR;    # shared by whoever runs tests here
+    }
+    # Read-only is enough for flock, and open to every user.
+    sysopen my $lock, "$PORT_DIR/.lock", O_RDONLY | O_CREAT, 0644
+        or die "$PORT_DIR/.lock: $!";
+    flock $lock, LOCK_EX or die "flock $PORT_DIR/.lock: $!";
+    my $result = $code->();
+    close $lock;
+    return $result;
+}
+
+sub claim_port {
+    my ($port) = @_;
+    return with_port_dir_lock(sub {
+        my $file = "$PORT_DIR/$port";
+        my $fh;
+        sysopen($fh, $file, O_RDWR | O_CREAT, 0666)
+            or sysopen($fh, $file, O_RDONLY) or return 0;
+        # Held by a live process: someone else's port.
+        flock $fh, LOCK_EX | LOCK_NB or return 0;
+        truncate $fh, 0 and syswrite $fh, "$$\n";    # for whoever looks
+        $claimed{$port} = [ $fh, $$ ];
+        return 1;
+    });
+}
+
+# Only the process that claimed them: a forked child ending normally runs
+# END blocks too, and must not take its parent's ports away.
+END {
+    my @mine = grep { $claimed{$_}[1] == $$ } keys %claimed;
+    if (@mine) {
+        local ($?, $!, $@);
+        eval {
+            with_port_dir_lock(sub {
+                for my $port (@mine) {
+                    unlink "$PORT_DIR/$port";
+                    close $claimed{$port}[0];
+                }
+            });
+        };
+    }
+}
+
 sub free_port {
+    my ($low, $count) = port_range();
     for (1 .. 200) {
-        my $port = 20000 + int(rand(30000));
-        next if $taken{$port};
+        my $port = $low + int(rand($count));
+        next if $claimed{$port} || !claim_port($port);
         my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
                                       LocalPort => $port, Listen => 1,
-                                      ReuseAddr => 1) or next;
+                                      ReuseAddr => 1) or next;   # in use: stays claimed, unused
         close $s;
-        $taken{$port} = 1;
         return $port;
     }
     die "no free port on 127.0.0.1";
@@ -133,23 +203,56 @@ use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 
+# Starts httpd; returns once it accepts connections.  When a port of its
+# own is taken by then (by a process that does not claim ports as
+# free_port does), the server moves to a fresh port and starts again: its
+# configuration names its ports as 127.0.0.1:PORT, and port_moved tells
+# the Mock which member went where.
 sub start {
     my ($class, %o) = @_;
     my $dir = tempdir("aoai-$o{name}-XXXXXX", TMPDIR => 1,
                       CLEANUP => !$ENV{AOAI_KEEP});
     chmod 0755, $dir;
-    my $self = bless { %o, dir => $dir, conf_file => "$dir/httpd.conf" },
-                     $class;
-    $self->write_conf($o{conf});
-    $self->run_ctl("start") or die "httpd $o{name} did not start:\n"
-        . $self->{last_ctl_output} . $self->error_log;
+    my $self = bless { %o, ports => [ @{ $o{ports} } ], dir => $dir,
+                       conf_file => "$dir/httpd.conf" }, $class;
+    for my $attempt (1 .. 5) {
+        $self->write_conf($self->{conf});
+        last if $self->run_ctl("start");
+        my $taken = $self->taken_port;
+        die "httpd $o{name} did not start:\n" . $self->{last_ctl_output}
+            . $self->error_log unless $taken && $attempt < 5;
+        $self->move_port($taken);
+    }
     AOAITest::wait_until("$o{name} to listen", 15, sub {
         -s "$dir/httpd.pid" && IO::Socket::INET->new(
-            PeerAddr => '127.0.0.1', PeerPort => $o{ports}[0], Timeout => 1)
+            PeerAddr => '127.0.0.1', PeerPort => $self->{ports}[0], Timeout => 1)
     });
     open my $fh, '<', "$dir/httpd.pid" or die;
     chomp($self->{pid} = <$fh>);
     return $self;
+}
+
+# The port of this server that httpd could not bind because something
+# else listens there, if that is why it did not start.
+sub taken_port {
+    my ($self) = @_;
+    my ($port) = ($self->{last_ctl_output} // '')
+        =~ /Address already in use: AH00072: make_sock: could not bind to address 127\.0\.0\.1:(\d+)/;
+    return $port && grep({ $_ == $port } @{ $self->{ports} }) ? $port : undef;
+}
+
+sub move_port {
+    my ($self, $old) = @_;
+    my $new = AOAITest::free_port();
+    $self->{ports} = [ map { $_ == $old ? $new : $_ } @{ $self->{ports} } ];
+    $self->{conf} =~ s/\b127\.0\.0\.1:$old(?!\d)/127.0.0.1:$new/g;
+    my $moved = $self->{port_moved} ||= {};    # first port => where it is now
+    for my $first (keys %$moved) {
+        $moved->{$first} = $new if $moved->{$first} == $old;
+    }
+    $moved->{$old} = $new;
+    Test::More::note("$self->{name}: 127.0.0.1:$old was taken, moved to $new")
+        if $INC{'Test/More.pm'};
 }
 
 sub write_conf {
@@ -272,19 +375,32 @@ package AOAITest::Mock;
 
 our @ISA = ('AOAITest::Server');
 
+# The port a member listens on (where it is now, should the mock have
+# had to move it at start); without a member, the server's first port.
+sub port {
+    my ($self, $member) = @_;
+    return $self->SUPER::port unless defined $member;
+    my $port = $self->{member_port}{$member}
+        // die "the mock has no member '$member'\n";
+    return $self->{port_moved}{$port} // $port;
+}
+
+# The members' names, sorted.
+sub members { sort keys %{ $_[0]{member_port} } }
+
 # Where the tests reach a member's /mock/ pages: https for a member behind
 # TLS (any certificate accepted: these are the test's own pages).
 sub member_url {
     my ($self, $name) = @_;
     return ($self->{member_tls}{$name} ? 'https' : 'http')
-        . "://127.0.0.1:$self->{member_port}{$name}";
+        . "://127.0.0.1:" . $self->port($name);
 }
 
 # The URL a gateway's BalancerMember uses: the member's own host name,
 # which the gateway resolves through start_gateway(hosts => ...).
 sub member_https_url {
     my ($self, $name, $host) = @_;
-    return "https://$host:$self->{member_port}{$name}";
+    return "https://$host:" . $self->port($name);
 }
 
 sub stats {
@@ -301,7 +417,7 @@ sub control {
 
 sub reset {
     my ($self, @members) = @_;
-    @members = keys %{ $self->{member_port} } unless @members;
+    @members = $self->members unless @members;
     for my $member (@members) {
         AOAITest::post_json($self->member_url($member) . '/mock/reset', {});
     }
@@ -374,6 +490,55 @@ sub start_gateway {
         mpm => $o{mpm} || 'event', modules => $modules,
         loglevel => $o{loglevel} || 'info', conf => $o{conf}, sanitize => 1,
         hosts => $o{hosts});
+}
+
+# One <Proxy balancer://NAME> block of a gateway's configuration:
+#   balancer_conf('aoai',
+#       members => [ [ $url{farm1}, lbset => 0, route => 'farm1' ],
+#                    [ $url{farm0}, lbset => 1, route => 'farm0', timeout => 1 ] ],
+#       inside  => [ 'AOAIThrottleDefault 2', 'AOAIThrottleMax 4' ]);
+# A member is its URL and then its BalancerMember parameters, written
+# key=value in the order given (a bare URL: no parameters).  The block
+# balances with lbmethod=aoai unless lbmethod names another (undef: no
+# ProxySet line).  inside is what else the block holds, after ProxySet:
+# directives one per element, or text put in as it is.  ProxyPass lines
+# stay with the test, which knows its paths.
+sub balancer_conf {
+    my ($name, %o) = @_;
+    my $conf = "<Proxy balancer://$name>\n";
+    for my $member (@{ $o{members} || die "balancer_conf $name: no members\n" }) {
+        my ($url, @params) = ref $member ? @$member : ($member);
+        die "balancer_conf $name: $url: parameters come in key => value pairs\n" if @params % 2;
+        my @words = ('BalancerMember', $url);
+        while (my ($key, $value) = splice @params, 0, 2) {
+            push @words, "$key=$value";
+        }
+        $conf .= "    @words\n";
+    }
+    my $lbmethod = exists $o{lbmethod} ? $o{lbmethod} : 'aoai';
+    $conf .= "    ProxySet lbmethod=$lbmethod\n" if defined $lbmethod;
+    my $inside = $o{inside} // '';
+    $conf .= ref $inside ? join('', map { "    $_\n" } @$inside) : $inside;
+    return $conf . "</Proxy>\n";
+}
+
+# Who served a call: the member the gateway names in x-aoai-backend, or
+# '(none)' when it names none.
+sub served_by {
+    my ($res) = @_;
+    return $res->{headers}{'x-aoai-backend'} // '(none)';
+}
+
+# One member of one balancer as the gateway's aoai-balancer-status page
+# (at /aoai-status) shows it: member_status($gw, 'aoai', 'farm1') is the
+# member with route=farm1 of balancer://aoai; {} when the page has none.
+sub member_status {
+    my ($gw, $balancer, $route) = @_;
+    $balancer = "balancer://$balancer" unless $balancer =~ m{^balancer://};
+    my $page = get_json($gw->url . '/aoai-status');
+    my ($b) = grep { $_->{name} eq $balancer } @{ $page->{balancers} || [] };
+    my ($m) = grep { ($_->{route} // '') eq $route } @{ $b->{members} || [] };
+    return $m || {};
 }
 
 # Runs `apache2 -t` over a gateway configuration, with the stock modules
