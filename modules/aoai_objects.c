@@ -111,12 +111,24 @@ static void name(aoai_call *call, const char *id)
     }
 }
 
+/* Whether an API path (past /openai/ and v1/) starts with a root. */
+static int object_root(const char *path)
+{
+    apr_size_t length = strcspn(path, "/?#"), i;
+
+    for (i = 0; i < sizeof(roots) / sizeof(roots[0]); i++) {
+        if (length == strlen(roots[i]) && !memcmp(path, roots[i], length)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int aoai_objects_scan_path(aoai_call *call, const char *uri)
 {
     request_rec *r = call->r;
     const char *at = strstr(uri, "/openai/");
     char *path, *segment, *state, *previous = NULL;
-    int first = 1, object_path = 0;
 
     if (!at || !call->conf->object_affinity) {
         return 0;
@@ -125,16 +137,14 @@ int aoai_objects_scan_path(aoai_call *call, const char *uri)
     if (!strncmp(at, "v1/", 3)) {
         at += 3;
     }
+    if (!object_root(at)) {
+        return 0;       /* inference: no object of its own */
+    }
     path = apr_pstrmemdup(r->pool, at, strcspn(at, "?#"));
     call->objects.named = apr_array_make(r->pool, 2, sizeof(const char *));
     for (segment = apr_strtok(path, "/", &state); segment;
          segment = apr_strtok(NULL, "/", &state)) {
-        if (first) {
-            object_path = IN(segment, roots);
-            first = 0;
-        }
-        else if (previous && IN(previous, collections)
-                 && looks_like_id(segment)) {
+        if (previous && IN(previous, collections) && looks_like_id(segment)) {
             name(call, segment);
             call->objects.deleting = (r->method_number == M_DELETE)
                                      ? segment : NULL;
@@ -144,7 +154,7 @@ int aoai_objects_scan_path(aoai_call *call, const char *uri)
         }
         previous = segment;
     }
-    call->objects.makes = object_path && r->method_number == M_POST;
+    call->objects.makes = r->method_number == M_POST;
     return call->objects.makes;
 }
 

@@ -206,4 +206,6 @@ subtest 'AOAIOperations' => sub {
     like($out, qr/AOAIOperations \Q$bad\E:2: 'FETCH' is not an HTTP method/, '  naming the file, the line and why') or diag $out;
 };
 
+$gw->stop;
+$mock->stop;
 done_testing();
