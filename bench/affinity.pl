@@ -6,6 +6,8 @@
 #     against the same GET with AOAIObjectAffinity Off;
 #   - a v1 chat call that names no object, on and off (what every call
 #     pays for the feature: a path scan);
+# both sides under a <Location> of their own, so that the per-directory
+# merge costs them the same;
 # and the shared memory a recorded id takes.
 #   perl bench/affinity.pl [calls measured, default 100]
 use strict;
@@ -34,6 +36,9 @@ my $conf = AOAITest::base_conf($dir, ports => [$port], mpm => 'prefork', logleve
     BalancerMember $url{farm0} lbset=1 route=farm0
     ProxySet lbmethod=aoai
 </Proxy>
+<Location /on>
+    AOAIObjectAffinity On
+</Location>
 <Location /off>
     AOAIObjectAffinity Off
 </Location>

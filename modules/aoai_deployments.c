@@ -175,6 +175,49 @@ static int route_declared(aoai_call *call)
     return serving ? OK : HTTP_NOT_FOUND;
 }
 
+/* The Realtime API's WebSocket names its deployment in the query:
+ * /openai/realtime?...&deployment=NAME, /openai/v1/realtime?model=NAME. */
+static const char *realtime_param(const char *uri)
+{
+    const char *at = strstr(uri, "/openai/");
+
+    if (!at) {
+        return NULL;
+    }
+    at += 8;
+    if (!strncmp(at, "realtime", 8) && strchr("?#", at[8]) && at[8]) {
+        return "deployment";
+    }
+    if (!strncmp(at, "v1/realtime", 11) && strchr("?#", at[11]) && at[11]) {
+        return "model";
+    }
+    return NULL;
+}
+
+/* The value of a query parameter of a URI, where it starts and its
+ * length; NULL when absent. */
+static const char *query_value(apr_pool_t *pool, const char *uri,
+                               const char *param, const char **start,
+                               apr_size_t *length)
+{
+    const char *p = strchr(uri, '?');
+    apr_size_t name = strlen(param);
+
+    while (p) {
+        p++;
+        if (!strncmp(p, param, name) && p[name] == '=') {
+            char *value;
+            *start = p + name + 1;
+            *length = strcspn(*start, "&#");
+            value = apr_pstrmemdup(pool, *start, *length);
+            ap_unescape_urlencoded(value);
+            return *value ? value : NULL;
+        }
+        p = strchr(p, '&');
+    }
+    return NULL;
+}
+
 int aoai_deployments_route(aoai_call *call, const char *uri,
                            const char *model)
 {
@@ -182,6 +225,13 @@ int aoai_deployments_route(aoai_call *call, const char *uri,
     apr_size_t length;
 
     call->route.by_model = model != NULL;
+    call->route.by_query = model ? NULL : realtime_param(uri);
+    if (call->route.by_query) {
+        call->route.name = query_value(call->r->pool, uri,
+                                       call->route.by_query, &start, &length);
+        return call->route.name && call->conf->deployments
+               ? route_declared(call) : OK;
+    }
     call->route.name = model ? model
                              : deployment_in(call->r->pool, uri, &start,
                                              &length);
@@ -250,6 +300,16 @@ char *aoai_deployments_url(aoai_call *call, const proxy_worker *worker,
         return url;
     }
     at_member = call->route.at_member[worker->s->index];
+    if (at_member && call->route.by_query) {
+        if (!query_value(call->r->pool, url, call->route.by_query, &start,
+                         &length)) {
+            return url;
+        }
+        return apr_pstrcat(call->r->pool,
+                           apr_pstrmemdup(call->r->pool, url, start - url),
+                           ap_escape_urlencoded(call->r->pool, at_member),
+                           start + length, NULL);
+    }
     if (!at_member || !deployment_in(call->r->pool, url, &start, &length)
         || (length == strlen(at_member) && !memcmp(start, at_member, length))) {
         return url;

@@ -28,6 +28,7 @@ typedef struct {
 typedef struct {
     const char *name;          /* as the client wrote it; NULL: none */
     int by_model;              /* it is the body's "model", not the path's */
+    const char *by_query;      /* or this query parameter's (Realtime) */
     const char **at_member;    /* by worker->s->index: its name for it,
                                 * NULL when it does not serve it; the
                                 * array is NULL when every member serves */
