@@ -218,10 +218,14 @@ void aoai_affinity_mark(apr_uint64_t key, apr_time_t until)
     }
 }
 
+int aoai_affinity_marks_on(apr_time_t now)
+{
+    return store && (apr_time_t)apr_atomic_read64(store->marks_until) > now;
+}
+
 int aoai_affinity_marked(apr_uint64_t key, apr_time_t now)
 {
-    return store && (apr_time_t)apr_atomic_read64(store->marks_until) > now
-           && aoai_affinity_get(key, now) != 0;
+    return aoai_affinity_marks_on(now) && aoai_affinity_get(key, now) != 0;
 }
 
 proxy_worker *aoai_affinity_worker(proxy_balancer *balancer,

@@ -31,6 +31,8 @@ void aoai_affinity_forget(apr_uint64_t key);
 /* A mark on a key until a time (a member that lacks a deployment), and
  * whether it is on: while no mark is on anywhere, that costs one read. */
 void aoai_affinity_mark(apr_uint64_t key, apr_time_t until);
+/* Whether any mark is on, anywhere: when none is, no key need be made. */
+int aoai_affinity_marks_on(apr_time_t now);
 int aoai_affinity_marked(apr_uint64_t key, apr_time_t now);
 /* The member of a balancer a stored name is, or NULL. */
 proxy_worker *aoai_affinity_worker(proxy_balancer *balancer,

@@ -269,8 +269,10 @@ int aoai_deployments_serves(const aoai_call *call, const proxy_worker *worker)
              && route->at_member[worker->s->index])) {
         return 0;
     }
-    return !route->name
-           || !aoai_affinity_marked(lack_key(call, worker), apr_time_now());
+    if (!route->name || !aoai_affinity_marks_on(apr_time_now())) {
+        return 1;
+    }
+    return !aoai_affinity_marked(lack_key(call, worker), apr_time_now());
 }
 
 const char *aoai_deployments_model_at(const aoai_call *call,
