@@ -31,6 +31,7 @@ SOURCES   = $(APR_ONLY) \
             modules/aoai_objects.c modules/aoai_operations.c \
             modules/aoai_verdict.c \
             modules/aoai_lbmethod.c modules/aoai_kept_body.c \
+            modules/aoai_realtime.c \
             modules/aoai_first_byte.c modules/aoai_metering.c \
             modules/aoai_answers.c \
             modules/aoai_failover.c modules/aoai_status.c \

@@ -24,8 +24,9 @@
  *   policies      aoai_headroom, aoai_key_quota, aoai_front_door,
  *                 aoai_shared_cache, aoai_objects, aoai_deployments,
  *                 aoai_operations, aoai_throttle, aoai_verdict
- *   request path  aoai_lbmethod, aoai_kept_body, aoai_first_byte,
- *                 aoai_metering, aoai_answers, aoai_failover
+ *   request path  aoai_lbmethod, aoai_kept_body, aoai_realtime,
+ *                 aoai_first_byte, aoai_metering, aoai_answers,
+ *                 aoai_failover
  *   pages         aoai_status
  */
 
@@ -41,6 +42,7 @@
 #include "aoai_lbmethod.h"
 #include "aoai_objects.h"
 #include "aoai_operations.h"
+#include "aoai_realtime.h"
 #include "aoai_shared_cache.h"
 #include "aoai_status.h"
 #include "aoai_table.h"
@@ -132,6 +134,11 @@ static const command_rec aoai_cmds[] =
                   RSRC_CONF,
                   "Longest a request waits to store a window in the shared "
                   "cache (default 50ms)"),
+    /* Read before mod_proxy reads them, for one mistake's sake. */
+    AP_INIT_RAW_ARGS("ProxyPass", aoai_realtime_check_pass, NULL,
+                     RSRC_CONF | ACCESS_CONF, "(also read by mod_proxy)"),
+    AP_INIT_RAW_ARGS("ProxyPassMatch", aoai_realtime_check_pass, NULL,
+                     RSRC_CONF | ACCESS_CONF, "(also read by mod_proxy)"),
     {NULL, {NULL}, NULL, 0, 0, NULL}
 };
 
@@ -179,6 +186,7 @@ static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         || aoai_objects_post_config(s) != OK) {
         return !OK;
     }
+    aoai_realtime_post_config(s);
     return aoai_shared_cache_post_config(pconf, s, conf);
 }
 
@@ -199,6 +207,7 @@ static void register_hooks(apr_pool_t *p)
                         APR_HOOK_MIDDLE);
     aoai_kept_body_register_hooks(p);
     aoai_first_byte_register_hooks(p);
+    aoai_realtime_register_hooks(p);
     aoai_failover_register_hooks(p);
     aoai_status_register_hooks(p);
     aoai_shared_cache_register_hooks(p);

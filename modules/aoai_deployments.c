@@ -176,7 +176,9 @@ static int route_declared(aoai_call *call)
 }
 
 /* The Realtime API's WebSocket names its deployment in the query:
- * /openai/realtime?...&deployment=NAME, /openai/v1/realtime?model=NAME. */
+ * /openai/realtime?...&deployment=NAME, /openai/v1/realtime?model=NAME.
+ * The URI mod_proxy_balancer canonicalised has no query (it is r->args);
+ * strchr() finds the terminator too. */
 static const char *realtime_param(const char *uri)
 {
     const char *at = strstr(uri, "/openai/");
@@ -185,22 +187,22 @@ static const char *realtime_param(const char *uri)
         return NULL;
     }
     at += 8;
-    if (!strncmp(at, "realtime", 8) && strchr("?#", at[8]) && at[8]) {
+    if (!strncmp(at, "realtime", 8) && strchr("?#", at[8])) {
         return "deployment";
     }
-    if (!strncmp(at, "v1/realtime", 11) && strchr("?#", at[11]) && at[11]) {
+    if (!strncmp(at, "v1/realtime", 11) && strchr("?#", at[11])) {
         return "model";
     }
     return NULL;
 }
 
-/* The value of a query parameter of a URI, where it starts and its
- * length; NULL when absent. */
-static const char *query_value(apr_pool_t *pool, const char *uri,
+/* The value of a query parameter, where it starts and its length; NULL
+ * when absent.  query: from its first parameter on. */
+static const char *query_value(apr_pool_t *pool, const char *query,
                                const char *param, const char **start,
                                apr_size_t *length)
 {
-    const char *p = strchr(uri, '?');
+    const char *p = query ? query - 1 : NULL;
     apr_size_t name = strlen(param);
 
     while (p) {
@@ -227,7 +229,7 @@ int aoai_deployments_route(aoai_call *call, const char *uri,
     call->route.by_model = model != NULL;
     call->route.by_query = model ? NULL : realtime_param(uri);
     if (call->route.by_query) {
-        call->route.name = query_value(call->r->pool, uri,
+        call->route.name = query_value(call->r->pool, call->r->args,
                                        call->route.by_query, &start, &length);
         return call->route.name && call->conf->deployments
                ? route_declared(call) : OK;
@@ -303,8 +305,10 @@ char *aoai_deployments_url(aoai_call *call, const proxy_worker *worker,
     }
     at_member = call->route.at_member[worker->s->index];
     if (at_member && call->route.by_query) {
-        if (!query_value(call->r->pool, url, call->route.by_query, &start,
-                         &length)) {
+        const char *query = strchr(url, '?');
+
+        if (!query || !query_value(call->r->pool, query + 1,
+                                   call->route.by_query, &start, &length)) {
             return url;
         }
         return apr_pstrcat(call->r->pool,

@@ -57,6 +57,7 @@
 #include "aoai_metering.h"
 #include "aoai_objects.h"
 #include "aoai_operations.h"
+#include "aoai_realtime.h"
 #include "aoai_request.h"
 #include "aoai_table.h"
 #include "aoai_throttle.h"
@@ -461,8 +462,18 @@ static void note_result(request_rec *r, aoai_call *call,
  * and its tokens, when they could be read, go to the access log too. */
 static void note_served(request_rec *r, aoai_call *call)
 {
+    const aoai_usage *usage;
+
+    if (call->session.open) {
+        if ((usage = aoai_realtime_end(r, call))) {
+            aoai_metering_log(r, usage);
+        }
+    }
+    else {
+        usage = aoai_metering_finish(r, call);
+    }
     aoai_table_note_served(r, call->balancer, call->attempt.worker,
-                           call->key_label, aoai_metering_finish(r, call));
+                           call->key_label, usage);
 }
 
 /* The member's own credential on the request, or a failed attempt: the
@@ -555,6 +566,7 @@ static int start_attempt(aoai_flow *flow, proxy_worker **worker, char **url)
     call->attempt.answered = call->attempt.sent = 0;
     call->attempt.held = NULL;
     set_model(flow, *worker);
+    aoai_realtime_attempt(r, call);
     aoai_kept_body_replay(r, flow->body);
     if (call->attempt.number > 1) {
         restore_response(r, &flow->saved);
@@ -774,6 +786,16 @@ static int phase_route(aoai_flow *flow)
                               "moment and try again.");
 }
 
+static int phase_realtime(aoai_flow *flow)
+{
+    if (aoai_realtime_check(flow->r, flow->call, flow->uri) == DECLINED) {
+        return DECLINED;
+    }
+    return aoai_answers_azure(flow->r, HTTP_BAD_REQUEST, "BadRequest",
+                              "The Realtime API is a WebSocket: open it "
+                              "with a GET that asks to upgrade.");
+}
+
 static int phase_operations(aoai_flow *flow)
 {
     if (aoai_operations_allow(flow->r, flow->call->conf->operations,
@@ -829,8 +851,8 @@ static int phase_charge(aoai_flow *flow)
 typedef int (aoai_phase_fn)(aoai_flow *flow);
 
 static aoai_phase_fn *const before_members[] = {
-    phase_operations, phase_front_door, phase_keep_body, phase_route,
-    phase_objects, phase_charge
+    phase_operations, phase_front_door, phase_realtime, phase_keep_body,
+    phase_route, phase_objects, phase_charge
 };
 
 /* ------------------------------------------------------------------ */
@@ -885,8 +907,11 @@ static int aoai_proxy_handler(request_rec *r)
         note_result(r, call, NULL);
         rc = aoai_answers_exhausted(call, flow.last_failure_status);
     }
-    aoai_key_quota_settle(call, call->passed ? aoai_metering_result(call)
-                                             : NULL);
+    aoai_key_quota_settle(call, !call->passed ? NULL
+                                : call->session.open
+                                  ? (call->session.usage_found
+                                     ? &call->session.usage : NULL)
+                                  : aoai_metering_result(call));
     aoai_kept_body_done(flow.body);
     proxy_run_request_status(&rc, r);
     return rc;

@@ -7,6 +7,7 @@
  */
 
 #include "aoai_first_byte.h"
+#include "aoai_realtime.h"
 #include "aoai_request.h"
 #include "aoai_table.h"
 
@@ -41,6 +42,14 @@ static apr_status_t first_byte_filter(ap_filter_t *f, apr_bucket_brigade *bb,
     apr_socket_t *sock;
     apr_status_t rv;
 
+    if (call && call->session.open) {
+        /* A Realtime session, through mod_proxy_http's tunnel. */
+        rv = ap_get_brigade(f->next, bb, mode, block, readbytes);
+        if (rv == APR_SUCCESS) {
+            aoai_realtime_feed(call, bb);
+        }
+        return rv;
+    }
     if (!call || !call->attempt.running || call->attempt.answered) {
         return ap_get_brigade(f->next, bb, mode, block, readbytes);
     }

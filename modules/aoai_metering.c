@@ -60,7 +60,7 @@ void aoai_metering_feed(request_rec *r, aoai_call *call,
     }
 }
 
-const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call)
+void aoai_metering_log(request_rec *r, const aoai_usage *usage)
 {
     static const struct {
         const char *env;
@@ -70,14 +70,9 @@ const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call)
         { "AOAI_COMPLETION_TOKENS", "aoai-completion-tokens" },
         { "AOAI_TOTAL_TOKENS", "aoai-total-tokens" },
     };
-    const aoai_usage *usage;
     apr_int64_t counts[3];
     apr_size_t i;
 
-    if (!call->usage || !aoai_usage_scan_finish(call->usage)) {
-        return NULL;
-    }
-    usage = &call->usage->usage;
     counts[0] = usage->prompt_tokens;
     counts[1] = usage->completion_tokens;
     counts[2] = usage->total_tokens;
@@ -87,7 +82,15 @@ const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call)
         apr_table_setn(r->subprocess_env, names[i].env, value);
         apr_table_setn(r->notes, names[i].note, value);
     }
-    return usage;
+}
+
+const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call)
+{
+    if (!call->usage || !aoai_usage_scan_finish(call->usage)) {
+        return NULL;
+    }
+    aoai_metering_log(r, &call->usage->usage);
+    return &call->usage->usage;
 }
 
 const aoai_usage *aoai_metering_result(const aoai_call *call)

@@ -23,6 +23,9 @@ void aoai_metering_feed(request_rec *r, aoai_call *call,
 /* The answer is over: its usage, when it could be read (also set for the
  * access log as AOAI_PROMPT_TOKENS, ...), else NULL. */
 const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call);
+/* A call's tokens for the access log: AOAI_PROMPT_TOKENS, ... and the
+ * aoai-prompt-tokens, ... notes. */
+void aoai_metering_log(request_rec *r, const aoai_usage *usage);
 /* What aoai_metering_finish() found, or NULL. */
 const aoai_usage *aoai_metering_result(const aoai_call *call);
 

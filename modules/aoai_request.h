@@ -55,6 +55,24 @@ typedef struct {
     int answer_streamed;
 } aoai_objects_seen;
 
+/* A Realtime call's WebSocket session; aoai_realtime.c. */
+typedef struct {
+    int handshake;             /* the call asks for a WebSocket upgrade */
+    int open;                  /* a member answered 101: the session runs */
+    aoai_usage usage;          /* summed from its response.done events */
+    int usage_found;
+    /* The frame being read, member to client. */
+    unsigned char head[14];
+    int head_length;
+    apr_uint64_t payload_left;
+    apr_uint64_t payload_at;
+    unsigned char mask[4];
+    int masked, opcode, fin;
+    char *message;             /* the text message being collected */
+    apr_size_t message_length;
+    int message_skip;          /* too long, compressed or not text */
+} aoai_session;
+
 /* The attempt under way; aoai_failover.c starts and judges it, the
  * filters on the member's connection (aoai_first_byte.c) watch it. */
 typedef struct {
@@ -82,6 +100,7 @@ typedef struct {
     aoai_route route;
     aoai_charge charge;
     aoai_objects_seen objects;
+    aoai_session session;
     aoai_attempt attempt;
 } aoai_call;
 

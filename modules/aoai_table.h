@@ -30,6 +30,8 @@ typedef enum {
     AOAI_COUNT_PROMPT_TOKENS,
     AOAI_COUNT_COMPLETION_TOKENS,
     AOAI_COUNT_TOTAL_TOKENS,
+    AOAI_COUNT_SESSIONS,          /* Realtime sessions it took (101) */
+    AOAI_COUNT_SESSIONS_OPEN,     /* of which still open */
     AOAI_COUNTER_COUNT
 } aoai_counter;
 
