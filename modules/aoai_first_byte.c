@@ -1,9 +1,10 @@
 /* Licensed under the Apache License, Version 2.0 (the "License"); see
  * LICENSE in the project root.
  *
- * Two filters on every connection mod_proxy opens to a member (c->outgoing),
- * out of the way unless an aoai attempt runs on it (aoai_request.c tells
- * which): the request's way out, and the answer's first byte.
+ * Two filters on every connection mod_proxy opens to a member of an aoai
+ * balancer (c->outgoing), out of the way unless an aoai attempt runs on it
+ * (aoai_request.c tells which): the request's way out, and the answer's
+ * first byte.
  */
 
 #include "aoai_first_byte.h"
@@ -133,12 +134,15 @@ static apr_status_t member_out_filter(ap_filter_t *f, apr_bucket_brigade *bb)
     return rv;
 }
 
-/* Every connection mod_proxy opens to a member gets the filters; they stay
- * out of the way unless an aoai attempt is running on it. */
+/* A connection mod_proxy opens to a member during an aoai attempt gets the
+ * filters; they stay out of the way between attempts.  Its worker belongs
+ * to the aoai balancer, so every call that reuses it is an aoai call;
+ * the connections of other balancers and of health checks are left as
+ * they are, and cost nothing. */
 static int add_member_filters(conn_rec *c, void *csd)
 {
     (void)csd;
-    if (c->outgoing) {
+    if (c->outgoing && aoai_request_attempt_here()) {
         ap_add_input_filter_handle(first_byte_filter_handle, NULL, NULL, c);
         ap_add_output_filter_handle(member_out_filter_handle, NULL, NULL, c);
     }
