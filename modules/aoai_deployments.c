@@ -87,21 +87,22 @@ static const char *deployment_in(apr_pool_t *pool, const char *path,
                                  const char **start, apr_size_t *length)
 {
     static const char segment[] = "/deployments/";
-    const char *at = path;
+    const apr_size_t segment_length = sizeof(segment) - 1;
+    const char *at = path, *end = path + strcspn(path, "?#");
     apr_size_t n;
 
-    for (at = path; *at; at++) {
-        if (*at == '/' && !ap_cstr_casecmpn(at, segment, sizeof(segment) - 1)) {
-            break;
-        }
-        if (*at == '?' || *at == '#') {
+    /* From slash to slash (memchr), not byte by byte. */
+    for (;;) {
+        at = memchr(at, '/', (apr_size_t)(end - at));
+        if (!at || (apr_size_t)(end - at) < segment_length) {
             return NULL;
         }
+        if (!ap_cstr_casecmpn(at, segment, segment_length)) {
+            break;
+        }
+        at++;
     }
-    if (!*at) {
-        return NULL;
-    }
-    at += sizeof(segment) - 1;
+    at += segment_length;
     n = strcspn(at, "/?#");
     if (!n) {
         return NULL;

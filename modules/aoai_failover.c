@@ -441,20 +441,22 @@ static void note_result(request_rec *r, aoai_call *call,
     const char *attempts = apr_itoa(r->pool, call->attempt.number);
     const char *skipped = apr_itoa(r->pool, call->picks.skipped_throttled->nelts);
 
-    apr_table_setn(r->subprocess_env, "AOAI_ATTEMPTS", attempts);
-    apr_table_setn(r->subprocess_env, "AOAI_THROTTLED_SKIPPED", skipped);
-    apr_table_setn(r->notes, "aoai-attempts", attempts);
-    apr_table_setn(r->notes, "aoai-throttled-skipped", skipped);
+    /* Set once per call, in tables nobody else writes these names to:
+     * added, not set, which spares a search of each table per name. */
+    apr_table_addn(r->subprocess_env, "AOAI_ATTEMPTS", attempts);
+    apr_table_addn(r->subprocess_env, "AOAI_THROTTLED_SKIPPED", skipped);
+    apr_table_addn(r->notes, "aoai-attempts", attempts);
+    apr_table_addn(r->notes, "aoai-throttled-skipped", skipped);
     if (call->picks.headroom_passed_over) {
         const char *passed_over = apr_itoa(r->pool,
                                            call->picks.headroom_passed_over);
-        apr_table_setn(r->subprocess_env, "AOAI_HEADROOM_PASSED_OVER",
+        apr_table_addn(r->subprocess_env, "AOAI_HEADROOM_PASSED_OVER",
                        passed_over);
-        apr_table_setn(r->notes, "aoai-headroom-passed-over", passed_over);
+        apr_table_addn(r->notes, "aoai-headroom-passed-over", passed_over);
     }
     if (served_by) {
-        apr_table_setn(r->subprocess_env, "AOAI_BACKEND", served_by);
-        apr_table_setn(r->notes, "aoai-backend", served_by);
+        apr_table_addn(r->subprocess_env, "AOAI_BACKEND", served_by);
+        apr_table_addn(r->notes, "aoai-backend", served_by);
     }
 }
 
@@ -744,13 +746,12 @@ static int phase_keep_body(aoai_flow *flow)
 /* The body's "model", a string at its top; NULL when there is none. */
 static const char *model_of(aoai_flow *flow)
 {
-    const aoai_kept_body *body = flow->body;
     const char *value;
     apr_size_t length;
     json_t *model;
 
-    if (!aoai_json_top_level(body->data, body->length, "model", &value,
-                             &length) || *value != '"') {
+    if (!aoai_kept_body_field(flow->body, AOAI_BODY_MODEL, &value, &length)
+        || *value != '"') {
         return NULL;
     }
     model = aoai_json_own(flow->r->pool, json_loadb(value, length,

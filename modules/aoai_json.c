@@ -97,17 +97,25 @@ static int skip_value(const char *json, apr_size_t length, apr_size_t *i)
 }
 
 /* At a key of the root object (*i on its opening quote): past it and its
- * ':'.  *is_key says whether it is the key wanted. */
+ * ':'.  *which is the index of the wanted key it is, or -1. */
 static int read_key(const char *json, apr_size_t length, apr_size_t *i,
-                    const char *key, int *is_key)
+                    const aoai_json_field *fields, int count, int *which)
 {
-    apr_size_t name = *i + 1, key_length = strlen(key);
+    apr_size_t name = *i + 1, name_length;
+    int k;
 
     if (!skip_string(json, length, i)) {
         return 0;
     }
-    *is_key = (*i - name - 1 == key_length
-               && !memcmp(json + name, key, key_length));
+    name_length = *i - name - 1;
+    *which = -1;
+    for (k = 0; k < count; k++) {
+        if (name_length == fields[k].key_length
+            && !memcmp(json + name, fields[k].key, name_length)) {
+            *which = k;
+            break;
+        }
+    }
     skip_space(json, length, i);
     if (*i >= length || json[*i] != ':') {
         return 0;
@@ -116,41 +124,57 @@ static int read_key(const char *json, apr_size_t length, apr_size_t *i,
     return 1;
 }
 
-int aoai_json_top_level(const char *json, apr_size_t length, const char *key,
-                        const char **value, apr_size_t *value_length)
+/* One key/value pair of the root, *i on the key's opening quote; leaves *i
+ * on what ended the value.  A wanted key seen twice is trusted nowhere. */
+static int read_pair(const char *json, apr_size_t length, apr_size_t *i,
+                     aoai_json_field *fields, int count)
+{
+    apr_size_t start;
+    int which;
+
+    if (!read_key(json, length, i, fields, count, &which)) {
+        return 0;
+    }
+    skip_space(json, length, i);
+    start = *i;
+    if (!skip_value(json, length, i)
+        || (which >= 0 && fields[which].value)) {
+        return 0;
+    }
+    if (which >= 0) {
+        fields[which].value = json + start;
+        fields[which].value_length = *i - start;
+    }
+    return 1;
+}
+
+int aoai_json_top_level_fields(const char *json, apr_size_t length,
+                               aoai_json_field *fields, int count)
 {
     apr_size_t i = 0;
-    int depth = 1, expect_key = 1, found = 0;
+    int depth = 1, expect_key = 1, k;
 
+    for (k = 0; k < count; k++) {
+        fields[k].value = NULL;
+        fields[k].value_length = 0;
+    }
     skip_space(json, length, &i);
     if (i >= length || json[i] != '{') {
         return 0;
     }
     for (i++; i < length; i++) {
         char c = json[i];
-        int is_key;
 
         if (c == '"' && depth == 1 && expect_key) {
-            apr_size_t start;
-            if (!read_key(json, length, &i, key, &is_key)) {
-                return 0;
+            if (!read_pair(json, length, &i, fields, count)) {
+                break;
             }
             expect_key = 0;
-            skip_space(json, length, &i);
-            start = i;
-            if (!skip_value(json, length, &i) || (is_key && found)) {
-                return 0;       /* cut, or the key twice: trust neither */
-            }
-            if (is_key) {
-                *value = json + start;
-                *value_length = i - start;
-                found = 1;
-            }
             i--;                /* the loop steps onto what ended it */
         }
         else if (c == '"') {
             if (!skip_string(json, length, &i)) {
-                return 0;
+                break;
             }
             i--;
         }
@@ -158,13 +182,33 @@ int aoai_json_top_level(const char *json, apr_size_t length, const char *key,
             depth++;
         }
         else if ((c == '}' || c == ']') && --depth == 0) {
-            return found;
+            return 1;
         }
         else if (c == ',' && depth == 1) {
             expect_key = 1;
         }
     }
-    return 0;       /* the root never closed: a cut answer */
+    /* Cut, malformed, or a key twice: none of it is trusted. */
+    for (k = 0; k < count; k++) {
+        fields[k].value = NULL;
+    }
+    return 0;
+}
+
+int aoai_json_top_level(const char *json, apr_size_t length, const char *key,
+                        const char **value, apr_size_t *value_length)
+{
+    aoai_json_field field;
+
+    field.key = key;
+    field.key_length = strlen(key);
+    if (!aoai_json_top_level_fields(json, length, &field, 1)
+        || !field.value) {
+        return 0;
+    }
+    *value = field.value;
+    *value_length = field.value_length;
+    return 1;
 }
 
 const char *aoai_json_escape(apr_pool_t *pool, const char *in)

@@ -16,6 +16,18 @@
 
 #include <jansson.h>
 
+/* Top-level keys of a request or answer, read in one walk: each wanted
+ * key's value text, NULL when absent.  Returns 1 when the root is a closed
+ * object with no wanted key twice (values are trusted only then), else 0
+ * with every value NULL. */
+typedef struct {
+    const char *key;
+    apr_size_t key_length;
+    const char *value;             /* out */
+    apr_size_t value_length;       /* out */
+} aoai_json_field;
+int aoai_json_top_level_fields(const char *json, apr_size_t length,
+                               aoai_json_field *fields, int count);
 /* The value of a top-level key of an object: *value spans its text.  The
  * root must be a closed object with the key once; returns 1 when found. */
 int aoai_json_top_level(const char *json, apr_size_t length, const char *key,

@@ -14,7 +14,6 @@
  */
 
 #include "aoai_kept_body.h"
-#include "aoai_json.h"
 
 #include "apr_strings.h"
 #include "http_protocol.h"
@@ -194,19 +193,43 @@ void aoai_kept_body_changed(request_rec *r, aoai_kept_body *kept)
     }
 }
 
-/* "stream": true at the top level.  Most calls do not mention "stream" at
- * all, and looking for the word is far cheaper than walking the body. */
-int aoai_kept_body_streamed(const aoai_kept_body *kept)
+/* Every field the gateway reads is found in one walk over the body, done
+ * the first time one is asked for.  The walk costs about as much as one
+ * memmem() for a word over the same bytes (1.4k against 1.9k instructions
+ * for bench/chat.lua's 1 KB body, measured), so a search for each word
+ * first would cost more than it saves. */
+int aoai_kept_body_field(aoai_kept_body *kept, aoai_body_field field,
+                         const char **value, apr_size_t *length)
+{
+    static const char *const keys[AOAI_BODY_FIELDS] = {
+        "stream", "model", "max_tokens", "max_completion_tokens",
+        "max_output_tokens"
+    };
+
+    if (!kept->walked) {
+        int k;
+        for (k = 0; k < AOAI_BODY_FIELDS; k++) {
+            kept->fields[k].key = keys[k];
+            kept->fields[k].key_length = strlen(keys[k]);
+        }
+        aoai_json_top_level_fields(kept->data, kept->length, kept->fields,
+                                   AOAI_BODY_FIELDS);
+        kept->walked = 1;
+    }
+    if (!kept->fields[field].value) {
+        return 0;
+    }
+    *value = kept->fields[field].value;
+    *length = kept->fields[field].value_length;
+    return 1;
+}
+
+int aoai_kept_body_streamed(aoai_kept_body *kept)
 {
     const char *stream;
     apr_size_t length;
 
-    if (!kept->length
-        || !memmem(kept->data, kept->length, "\"stream\"", 8)) {
-        return 0;
-    }
-    return aoai_json_top_level(kept->data, kept->length, "stream", &stream,
-                               &length)
+    return aoai_kept_body_field(kept, AOAI_BODY_STREAM, &stream, &length)
            && length >= 4 && !memcmp(stream, "true", 4);
 }
 
