@@ -209,7 +209,7 @@ sub gateway_modules {
 }
 
 # One balancer, "fixed", behind /openai.  Members: [ url, lbset, route ].
-sub balancer_conf {
+sub gateway_balancer_conf {
     my ($lbmethod, $members, %o) = @_;
     return ($o{tls} ? "SSLProxyEngine on\nSSLProxyVerify require\nSSLProxyCheckPeerName on\n"
                       . "SSLProxyCACertificateFile " . $ca->file . "\n" : '')
@@ -224,7 +224,7 @@ sub start_side {
     return BenchGateway->start(
         name => "bench-fixed-$name", ports => [ free_port() ],
         modules => gateway_modules($lbmethod, %o), loglevel => 'warn',
-        conf => balancer_conf($lbmethod, $members, %o), sanitize => 0,
+        conf => gateway_balancer_conf($lbmethod, $members, %o), sanitize => 0,
         hosts => $o{tls} ? [$tls_host] : undef);
 }
 
@@ -549,7 +549,7 @@ sub instruction_counts {
     for my $case (@cases) {
         my ($name, $lbmethod, $n, %o) = @$case;
         my $modules = gateway_modules($lbmethod, %o);
-        my $conf = balancer_conf($lbmethod, members('http', '127.0.0.1', @plain_ports[0 .. $n - 1]));
+        my $conf = gateway_balancer_conf($lbmethod, members('http', '127.0.0.1', @plain_ports[0 .. $n - 1]));
         # the first calls open a connection to each member they reach: two
         # rounds over the members before the calls that count
         my $warm = $n * 2 > 20 ? $n * 2 : 20;

@@ -57,21 +57,23 @@ static apr_status_t kept_body_filter(ap_filter_t *f, apr_bucket_brigade *bb,
     return APR_SUCCESS;
 }
 
-/* A Content-Length over the limit is refused before a byte is read. */
-static int announced_too_large(request_rec *r, apr_off_t max_body,
-                               const char **why)
+/* What the client announced: 1 and *announced (-1 for a chunked body)
+ * when a body comes, 0 when none does (ap_request_has_body()'s question,
+ * with the Content-Length read once for the limit as well). */
+static int announced_body(request_rec *r, apr_off_t *announced)
 {
-    const char *header = apr_table_get(r->headers_in, "Content-Length");
-    apr_off_t announced;
+    const char *length = apr_table_get(r->headers_in, "Content-Length");
 
-    if (!header || !ap_parse_strict_length(&announced, header)
-        || announced <= max_body) {
-        return 0;
+    if (!length) {
+        *announced = -1;
+        return r->kept_body
+               || apr_table_get(r->headers_in, "Transfer-Encoding") != NULL;
     }
-    *why = apr_psprintf(r->pool, "The request body of %" APR_OFF_T_FMT
-                        " bytes exceeds this gateway's limit of %"
-                        APR_OFF_T_FMT " bytes.", announced, max_body);
-    return 1;
+    if (!ap_parse_strict_length(announced, length)) {
+        *announced = -1;        /* HTTP_IN refuses it as the body is read */
+        return 1;
+    }
+    return *announced > 0 || r->kept_body;
 }
 
 /* Reads the whole body into collected; OK or the status the client earned. */
@@ -119,14 +121,19 @@ int aoai_kept_body_read(request_rec *r, apr_off_t max_body,
 {
     aoai_kept_body *kept = apr_pcalloc(r->pool, sizeof(*kept));
     apr_bucket_brigade *collected;
+    apr_off_t announced;
     int rc;
 
     kept->data = kept->send = "";
     *out = kept;
-    if (!ap_request_has_body(r)) {
+    if (!announced_body(r, &announced)) {
         return OK;
     }
-    if (announced_too_large(r, max_body, why)) {
+    if (announced > max_body) {
+        /* Refused before a byte is read. */
+        *why = apr_psprintf(r->pool, "The request body of %" APR_OFF_T_FMT
+                            " bytes exceeds this gateway's limit of %"
+                            APR_OFF_T_FMT " bytes.", announced, max_body);
         return HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
     collected = apr_brigade_create(r->pool, r->connection->bucket_alloc);
@@ -140,9 +147,12 @@ int aoai_kept_body_read(request_rec *r, apr_off_t max_body,
         kept->send_length = kept->length;
     }
     apr_brigade_destroy(collected);
-    apr_table_unset(r->headers_in, "Transfer-Encoding");
-    apr_table_setn(r->headers_in, "Content-Length",
-                   apr_off_t_toa(r->pool, (apr_off_t)kept->length));
+    if (announced != (apr_off_t)kept->length) {
+        /* Chunked from the client: one Content-Length to every member. */
+        apr_table_unset(r->headers_in, "Transfer-Encoding");
+        apr_table_setn(r->headers_in, "Content-Length",
+                       apr_off_t_toa(r->pool, (apr_off_t)kept->length));
+    }
     return OK;
 }
 
