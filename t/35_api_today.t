@@ -72,7 +72,7 @@ sub post {
                 headers => \%headers);
 }
 sub requests { my %n = map { $_ => $mock->stats($_)->{requests} } @_; return \%n }
-sub member_status {
+sub errors_member_status {
     my ($balancer, $route) = @_;
     my ($b) = grep { $_->{name} eq "balancer://$balancer" } @{ get_json($gw->url . '/aoai-status')->{balancers} };
     my ($m) = grep { $_->{route} eq $route } @{ $b->{members} };
@@ -132,7 +132,7 @@ subtest 'a 400 is the client\'s answer' => sub {
     is($res->{status}, 400, 'context_length_exceeded: 400');
     is($res->{json}{error}{code}, 'context_length_exceeded', '  unchanged');
     is(requests(qw(spare))->{spare}, $before{spare}, 'no failover for either');
-    my $m = member_status('errors', 'filtered');
+    my $m = errors_member_status('errors', 'filtered');
     is($m->{failovers}, 0, '  and nothing counted against the member');
     is($m->{throttled}, 0, '  no window');
     my ($ok, $out) = configtest("<Location /x>\nAOAIFailoverOn 400 429\n</Location>\n");
