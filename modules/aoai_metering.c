@@ -142,8 +142,9 @@ void aoai_metering_log(request_rec *r, const aoai_usage *usage)
     counts[2] = usage->total_tokens;
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         const char *value = count_text(r->pool, counts[i]);
-        apr_table_setn(r->subprocess_env, names[i].env, value);
-        apr_table_setn(r->notes, names[i].note, value);
+        /* Set once a call, so added without a search of the tables. */
+        apr_table_addn(r->subprocess_env, names[i].env, value);
+        apr_table_addn(r->notes, names[i].note, value);
     }
 }
 
@@ -166,8 +167,8 @@ static void counted_figure(request_rec *r, aoai_usage_scan *scan)
 
 static void note_source(request_rec *r, const char *source)
 {
-    apr_table_setn(r->subprocess_env, "AOAI_USAGE", source);
-    apr_table_setn(r->notes, "aoai-usage", source);
+    apr_table_addn(r->subprocess_env, "AOAI_USAGE", source);
+    apr_table_addn(r->notes, "aoai-usage", source);
 }
 
 const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call)

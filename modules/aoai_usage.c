@@ -50,8 +50,15 @@
 enum { J_BEFORE, J_STRUCT, J_STRING, J_NUMBER, J_DONE };
 /* What a string is to the reader. */
 enum { S_SKIP, S_KEY, S_COUNT };
-/* What an open container is; T_ARRAY is or-ed in. */
-enum { T_OTHER, T_ROOT, T_USAGE, T_CHOICES, T_RESPONSE };
+/* What an open container is; T_ARRAY is or-ed in.  Only the containers
+ * on the way to a usage or a delta are told apart: the root, its usage
+ * (or a response's), and choices[] -> a choice -> its delta ->
+ * tool_calls[] -> a call -> its function.  Anything else is T_OTHER,
+ * and skipped whole. */
+enum {
+    T_OTHER, T_ROOT, T_USAGE, T_RESPONSE, T_CHOICES, T_CHOICE, T_DELTA,
+    T_TOOLS, T_TOOL, T_FUNCTION
+};
 #define T_ARRAY 0x80
 #define T_KIND(tag) ((tag) & 0x7f)
 /* The lines of a stream. */
@@ -60,59 +67,57 @@ enum { L_START, L_DATA, L_SKIP };
 /* The keys that matter somewhere; K_NONE: no key (an array's value),
  * K_OTHER: one that does not. */
 enum {
-    K_NONE, K_OTHER, K_USAGE, K_CHOICES, K_RESPONSE, K_DELTA, K_CONTENT,
-    K_REFUSAL, K_ARGUMENTS, K_TEXT, K_PROMPT, K_COMPLETION, K_TOTAL,
-    K_INPUT, K_OUTPUT, K_MAX_TOKENS, K_MAX_COMPLETION
+    K_NONE, K_OTHER, K_USAGE, K_CHOICES, K_RESPONSE, K_DELTA, K_TOOL_CALLS,
+    K_FUNCTION, K_CONTENT, K_REFUSAL, K_REASONING, K_ARGUMENTS, K_TEXT,
+    K_PROMPT, K_COMPLETION, K_TOTAL, K_INPUT, K_OUTPUT, K_MAX_TOKENS,
+    K_MAX_COMPLETION
 };
 #define IS_COUNT_KEY(k) ((k) >= K_PROMPT && (k) <= K_OUTPUT)
-#define IS_TEXT_KEY(k) ((k) >= K_CONTENT && (k) <= K_TEXT)
 #define IS_ASKED_KEY(k) ((k) == K_MAX_TOKENS || (k) == K_MAX_COMPLETION)
 
-static const struct {
-    const char *name;
-    apr_size_t length;
-    int id;
-} known_keys[] = {
-#define KEY(name, id) { name, sizeof(name) - 1, id }
-    KEY("usage", K_USAGE), KEY("choices", K_CHOICES),
-    KEY("response", K_RESPONSE), KEY("delta", K_DELTA),
-    KEY("content", K_CONTENT), KEY("refusal", K_REFUSAL),
-    KEY("arguments", K_ARGUMENTS), KEY("text", K_TEXT),
-    KEY("prompt_tokens", K_PROMPT), KEY("completion_tokens", K_COMPLETION),
-    KEY("total_tokens", K_TOTAL), KEY("input_tokens", K_INPUT),
-    KEY("output_tokens", K_OUTPUT), KEY("max_tokens", K_MAX_TOKENS),
-    KEY("max_completion_tokens", K_MAX_COMPLETION)
-#undef KEY
-};
-
-static int key_id(const char *text, apr_size_t length)
+/* By length first: most keys an answer has are none of these, and are
+ * told so by one comparison of lengths, or one of a few bytes. */
+static int key_id(const char *t, apr_size_t length)
 {
-    apr_size_t i;
-
-    for (i = 0; i < sizeof(known_keys) / sizeof(known_keys[0]); i++) {
-        if (known_keys[i].length == length
-            && !memcmp(known_keys[i].name, text, length)) {
-            return known_keys[i].id;
-        }
+#define IS(name) (!memcmp(t, name, sizeof(name) - 1))
+    switch (length) {
+    case 4:  return IS("text") ? K_TEXT : K_OTHER;
+    case 5:  return IS("usage") ? K_USAGE : IS("delta") ? K_DELTA : K_OTHER;
+    case 7:  return IS("choices") ? K_CHOICES : IS("content") ? K_CONTENT
+                    : IS("refusal") ? K_REFUSAL : K_OTHER;
+    case 8:  return IS("response") ? K_RESPONSE
+                    : IS("function") ? K_FUNCTION : K_OTHER;
+    case 9:  return IS("arguments") ? K_ARGUMENTS : K_OTHER;
+    case 10: return IS("tool_calls") ? K_TOOL_CALLS
+                    : IS("max_tokens") ? K_MAX_TOKENS : K_OTHER;
+    case 12: return IS("total_tokens") ? K_TOTAL
+                    : IS("input_tokens") ? K_INPUT : K_OTHER;
+    case 13: return IS("prompt_tokens") ? K_PROMPT
+                    : IS("output_tokens") ? K_OUTPUT : K_OTHER;
+    case 17: return IS("completion_tokens") ? K_COMPLETION
+                    : IS("reasoning_content") ? K_REASONING : K_OTHER;
+    case 21: return IS("max_completion_tokens") ? K_MAX_COMPLETION : K_OTHER;
+    default: return K_OTHER;
     }
-    return K_OTHER;
-}
-
-/* Bytes that end a run the reader skips in a container it does not care
- * about: a string's start, and brackets. */
-static int is_structural(unsigned char c)
-{
-    return c == '"' || c == '{' || c == '}' || c == '[' || c == ']';
-}
-
-static int is_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+#undef IS
 }
 
 static unsigned char current(const aoai_usage_doc *doc)
 {
     return doc->depth <= AOAI_USAGE_DEPTH ? doc->tag[doc->depth] : T_OTHER;
+}
+
+/* Whether a string at this key in this container is completion text. */
+static int is_text(int kind, int key)
+{
+    switch (kind) {
+    case T_DELTA:    return key == K_CONTENT || key == K_REFUSAL
+                            || key == K_REASONING;
+    case T_FUNCTION: return key == K_ARGUMENTS;
+    case T_CHOICE:   return key == K_TEXT;          /* completions */
+    case T_ROOT:     return key == K_DELTA;         /* Responses events */
+    default:         return 0;
+    }
 }
 
 static void doc_reset(aoai_usage_doc *doc)
@@ -134,27 +139,34 @@ static void doc_reset(aoai_usage_doc *doc)
 static unsigned char tag_for(const aoai_usage_scan *scan,
                              const aoai_usage_doc *doc, char c)
 {
-    int kind = T_KIND(current(doc)), key = doc->key;
+    int kind = T_KIND(current(doc)), key = doc->key, object = (c == '{');
 
     if (!doc->depth) {
-        return c == '{' ? T_ROOT : T_OTHER;
+        return object ? T_ROOT : T_OTHER;
     }
-    if (c == '{' && key == K_USAGE
-        && (kind == T_ROOT || kind == T_RESPONSE)) {
-        return T_USAGE;
+    switch (kind) {
+    case T_ROOT:
+        if (object && key == K_USAGE) {
+            return T_USAGE;
+        }
+        if (object && key == K_RESPONSE) {
+            return T_RESPONSE;
+        }
+        return !object && key == K_CHOICES && scan->streaming ? T_CHOICES
+                                                              : T_OTHER;
+    case T_RESPONSE: return object && key == K_USAGE ? T_USAGE : T_OTHER;
+    case T_CHOICES:  return object ? T_CHOICE : T_OTHER;
+    case T_CHOICE:   return object && key == K_DELTA ? T_DELTA : T_OTHER;
+    case T_DELTA:    return !object && key == K_TOOL_CALLS ? T_TOOLS : T_OTHER;
+    case T_TOOLS:    return object ? T_TOOL : T_OTHER;
+    case T_TOOL:     return object && key == K_FUNCTION ? T_FUNCTION : T_OTHER;
+    default:         return T_OTHER;
     }
-    if (scan->streaming && (kind == T_CHOICES
-                            || (kind == T_ROOT && key == K_CHOICES))) {
-        return T_CHOICES;
-    }
-    if (c == '{' && kind == T_ROOT && key == K_RESPONSE) {
-        return T_RESPONSE;
-    }
-    return T_OTHER;
 }
 
-static void open_container(aoai_usage_scan *scan, aoai_usage_doc *doc,
-                           char c)
+/* 0 when the document is given up (nested past all reason). */
+static int open_container(aoai_usage_scan *scan, aoai_usage_doc *doc,
+                          char c)
 {
     unsigned char tag = tag_for(scan, doc, c);
 
@@ -168,8 +180,8 @@ static void open_container(aoai_usage_scan *scan, aoai_usage_doc *doc,
         doc->bad = 0;
     }
     if (doc->depth > (1 << 20)) {
-        doc->state = J_DONE;            /* nobody nests this deep */
-        return;
+        doc->state = J_DONE;
+        return 0;
     }
     doc->depth++;
     if (doc->depth <= AOAI_USAGE_DEPTH) {
@@ -177,30 +189,24 @@ static void open_container(aoai_usage_scan *scan, aoai_usage_doc *doc,
     }
     doc->expect_key = (c == '{');
     doc->key = K_NONE;
+    return 1;
 }
 
-/* A usage object closes: whole and readable, or not. */
-static void usage_closed(aoai_usage_doc *doc)
-{
-    unsigned int total = 1u << K_TOTAL;
-
-    doc->has_usage = !doc->bad && (doc->seen & total);
-}
-
-static void close_container(aoai_usage_scan *scan, aoai_usage_doc *doc)
+/* 0 when that closed the document. */
+static int close_container(aoai_usage_scan *scan, aoai_usage_doc *doc)
 {
     if (!doc->depth) {
         doc->state = J_DONE;            /* a stray bracket: not JSON */
-        return;
+        return 0;
     }
     if (current(doc) == T_USAGE) {
-        usage_closed(doc);
+        doc->has_usage = !doc->bad && (doc->seen & (1u << K_TOTAL));
     }
     doc->depth--;
     doc->expect_key = 0;
     doc->key = K_NONE;
     if (doc->depth) {
-        return;
+        return 1;
     }
     doc->state = J_DONE;
     /* The root closed: a document with one readable usage has it. */
@@ -208,13 +214,44 @@ static void close_container(aoai_usage_scan *scan, aoai_usage_doc *doc)
         scan->usage = doc->pending;
         scan->found = 1;
     }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
-/* Scalars                                                              */
+/* Strings                                                              */
+
+/* From inside a string to just past its closing quote, or the end of the
+ * piece (*closed says which); a piece that ends on an odd run of
+ * backslashes leaves doc->escape for the next.  memchr() finds the next
+ * quote a word at a time; one after an odd run of backslashes is
+ * escaped, and the search goes on past it. */
+static apr_size_t string_span(aoai_usage_doc *doc, const char *p,
+                              apr_size_t n, int *closed)
+{
+    apr_size_t at = 0;
+
+    for (;;) {
+        const char *quote = at < n ? memchr(p + at, '"', n - at) : NULL;
+        apr_size_t end = quote ? (apr_size_t)(quote - p) : n, back = end;
+
+        while (back > at && p[back - 1] == '\\') {
+            back--;
+        }
+        if (!quote) {
+            doc->escape = (end - back) & 1;
+            *closed = 0;
+            return n;
+        }
+        if (((end - back) & 1) == 0) {
+            *closed = 1;
+            return end + 1;
+        }
+        at = end + 1;
+    }
+}
 
 /* A string starts at the current place: what it is to the reader. */
-static int string_kind(const aoai_usage_scan *scan, aoai_usage_doc *doc)
+static int string_kind(aoai_usage_doc *doc)
 {
     unsigned char tag = current(doc);
     int kind = T_KIND(tag);
@@ -226,30 +263,24 @@ static int string_kind(const aoai_usage_scan *scan, aoai_usage_doc *doc)
     if (kind == T_USAGE && IS_COUNT_KEY(doc->key)) {
         doc->bad = 1;                   /* a count in quotes */
     }
-    if (scan->streaming && ((kind == T_CHOICES && IS_TEXT_KEY(doc->key))
-                            || (kind == T_ROOT && doc->key == K_DELTA))) {
+    if (is_text(kind, doc->key)) {
         doc->string_bytes = 0;
         return S_COUNT;
     }
     return S_SKIP;
 }
 
-static void string_part(aoai_usage_doc *doc, const char *data,
-                        apr_size_t length)
+/* A key cut between two pieces is put together here. */
+static void key_part(aoai_usage_doc *doc, const char *data,
+                     apr_size_t length)
 {
-    if (doc->string_kind == S_COUNT) {
-        doc->string_bytes += length;
+    if (doc->key_length > sizeof(doc->key_text)
+        || length > sizeof(doc->key_text) - doc->key_length) {
+        doc->key_length = sizeof(doc->key_text) + 1;
+        return;
     }
-    else if (doc->string_kind == S_KEY
-             && doc->key_length <= sizeof(doc->key_text)) {
-        if (length <= sizeof(doc->key_text) - doc->key_length) {
-            memcpy(doc->key_text + doc->key_length, data, length);
-            doc->key_length += length;
-        }
-        else {
-            doc->key_length = sizeof(doc->key_text) + 1;  /* no key's */
-        }
-    }
+    memcpy(doc->key_text + doc->key_length, data, length);
+    doc->key_length += length;
 }
 
 static void string_end(aoai_usage_scan *scan, aoai_usage_doc *doc)
@@ -268,38 +299,83 @@ static void string_end(aoai_usage_scan *scan, aoai_usage_doc *doc)
     doc->key = K_NONE;
 }
 
-/* Inside a string: to its closing quote, or the end of the piece.  An
- * escape in a key makes it no key the reader knows. */
+/* Inside a string: to its closing quote, or the end of the piece. */
 static apr_size_t in_string(aoai_usage_scan *scan, aoai_usage_doc *doc,
                             const char *p, apr_size_t n)
 {
-    const char *quote, *backslash;
-    apr_size_t end;
+    apr_size_t used = 1, text;
+    int closed = 0;
 
     if (doc->escape) {
-        doc->escape = 0;
-        string_part(doc, "\\\\", 2);
-        return 1;
+        doc->escape = 0;                /* the byte a backslash escapes */
     }
-    quote = memchr(p, '"', n);
-    end = quote ? (apr_size_t)(quote - p) : n;
-    backslash = memchr(p, '\\', end);
-    if (backslash) {
-        end = (apr_size_t)(backslash - p);
-        string_part(doc, p, end);
-        if (end + 1 == n) {
-            doc->escape = 1;
-            return n;
+    else {
+        used = string_span(doc, p, n, &closed);
+    }
+    text = used - closed;
+    if (doc->string_kind == S_COUNT) {
+        doc->string_bytes += text;
+    }
+    else if (doc->string_kind == S_KEY) {
+        if (closed && !doc->key_length) {
+            /* the whole key in this piece: no copy (an escaped key's raw
+             * bytes are no known name's, which have no backslash) */
+            doc->state = J_STRUCT;
+            doc->key = key_id(p, text);
+            doc->expect_key = 0;
+            return used;
         }
-        string_part(doc, "\\\\", 2);
-        return end + 2;
+        key_part(doc, p, text);
     }
-    string_part(doc, p, end);
-    if (!quote) {
-        return n;
+    if (closed) {
+        string_end(scan, doc);
     }
-    string_end(scan, doc);
-    return end + 1;
+    return used;
+}
+
+/* Inside a container that does not matter, and all it holds: only where
+ * it ends is wanted, so one tight loop runs to the next container that
+ * matters (or the end of the piece), strings skipped whole. */
+static apr_size_t skip_other(aoai_usage_doc *doc, const char *p,
+                             apr_size_t n)
+{
+    apr_size_t i = 0;
+
+    while (i < n) {
+        char c = p[i++];
+        int closed;
+
+        if (c == '"') {
+            i += string_span(doc, p + i, n - i, &closed);
+            if (!closed) {
+                doc->state = J_STRING;
+                doc->string_kind = S_SKIP;
+                return n;
+            }
+        }
+        else if (c == '{' || c == '[') {
+            if (doc->depth > (1 << 20)) {
+                doc->state = J_DONE;
+                return n;
+            }
+            if (++doc->depth <= AOAI_USAGE_DEPTH) {
+                doc->tag[doc->depth] = T_OTHER | (c == '[' ? T_ARRAY : 0);
+            }
+        }
+        else if (c == '}' || c == ']') {
+            if (--doc->depth <= 0) {
+                doc->depth = 0;
+                doc->state = J_DONE;    /* an array or garbage at the root */
+                return n;
+            }
+            if (T_KIND(current(doc)) != T_OTHER) {
+                doc->expect_key = 0;
+                doc->key = K_NONE;
+                return i;
+            }
+        }
+    }
+    return n;
 }
 
 static void number_end(aoai_usage_scan *scan, aoai_usage_doc *doc)
@@ -395,36 +471,47 @@ static apr_size_t in_struct(aoai_usage_scan *scan, aoai_usage_doc *doc,
                             const char *p, apr_size_t n)
 {
     apr_size_t i = 0;
-    char c;
 
-    if (T_KIND(current(doc)) == T_OTHER) {
-        /* Nothing in here matters but where it ends. */
-        while (i < n && !is_structural((unsigned char)p[i])) {
-            i++;
+    while (i < n) {
+        char c;
+
+        if (doc->depth && T_KIND(current(doc)) == T_OTHER) {
+            return i + skip_other(doc, p + i, n - i);
         }
-        if (i == n) {
-            return n;
+        c = p[i++];
+        switch (c) {
+        case ' ': case '\t': case '\n': case '\r': case ':':
+            break;
+        case '"':
+            doc->string_kind = string_kind(doc);
+            doc->state = J_STRING;
+            i += in_string(scan, doc, p + i, n - i);
+            if (doc->state != J_STRUCT) {
+                return i;
+            }
+            break;
+        case '{': case '[':
+            if (!open_container(scan, doc, c)) {
+                return n;
+            }
+            break;
+        case '}': case ']':
+            if (!close_container(scan, doc)) {
+                return n;
+            }
+            break;
+        case ',':
+            doc->expect_key = !(current(doc) & T_ARRAY);
+            doc->key = K_NONE;
+            break;
+        default:
+            scalar_starts(scan, doc, c);
+            if (doc->state != J_STRUCT) {
+                return i;
+            }
         }
     }
-    c = p[i];
-    if (c == '"') {
-        doc->string_kind = string_kind(scan, doc);
-        doc->state = J_STRING;
-    }
-    else if (c == '{' || c == '[') {
-        open_container(scan, doc, c);
-    }
-    else if (c == '}' || c == ']') {
-        close_container(scan, doc);
-    }
-    else if (c == ',') {
-        doc->expect_key = !(current(doc) & T_ARRAY);
-        doc->key = K_NONE;
-    }
-    else if (c != ':' && !is_space(c)) {
-        scalar_starts(scan, doc, c);
-    }
-    return i + 1;
+    return n;
 }
 
 /* One document's bytes, in pieces of any size. */
@@ -436,14 +523,11 @@ static void doc_feed(aoai_usage_scan *scan, aoai_usage_doc *doc,
 
         switch (doc->state) {
         case J_BEFORE:
-            if (is_space(*p)) {
+            if (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
                 used = 1;
                 break;
             }
-            doc->state = J_STRUCT;
-            if (*p != '{' && *p != '[') {
-                doc->state = J_DONE;
-            }
+            doc->state = (*p == '{' || *p == '[') ? J_STRUCT : J_DONE;
             continue;
         case J_STRUCT:
             used = in_struct(scan, doc, p, n);
