@@ -57,6 +57,7 @@ typedef struct {
     apr_int64_t counted;    /* completion tokens counted from a stream's
                              * text: a token per 4 bytes, 1 at least */
     apr_int64_t asked;      /* a request's max_tokens, when it is one */
+    int counted_figure;     /* usage holds the counted figure (metering) */
     aoai_usage usage;
     void *decoder;          /* whoever feeds it: what decodes the bytes */
     int request;            /* reading a request, not an answer */
