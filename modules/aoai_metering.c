@@ -21,7 +21,10 @@
 #include "aoai_inflate.h"
 
 #include "apr_strings.h"
+#include "http_log.h"
 #include "http_protocol.h"
+
+APLOG_USE_MODULE(aoai_balancer);
 
 static int ends_with(const char *s, apr_size_t length, const char *tail,
                      apr_size_t tail_length)
@@ -184,7 +187,15 @@ const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call)
     }
     if (!aoai_metering_result(call)) {
         if (scan->expected) {
+            const char *encoding = apr_table_get(r->headers_out,
+                                                 "Content-Encoding");
             note_source(r, "unread");
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(200)
+                          "no token usage could be read from the answer "
+                          "(%s%s%s): a key quota charges the stated amount",
+                          r->content_type ? r->content_type : "no type",
+                          encoding ? ", Content-Encoding " : "",
+                          encoding ? encoding : "");
         }
         return NULL;
     }

@@ -229,6 +229,9 @@ $served = drain('unreadable, max_tokens 2400', 'brotli', 'unread_max', sub {
 }, headers => { 'Accept-Encoding' => 'br' }, max_tokens => 2400);
 is($served, 2, 'unreadable with max_tokens: 2 calls fit, not a 3rd');
 
+like($gw->error_log, qr/AOAI200: no token usage could be read from the answer \(application\/json[^,]*, Content-Encoding br\)/,
+     'an unread answer is logged at info (AOAI200), with its type and encoding');
+
 # ---------------------------------------------------------------------
 # AOAIKeyTokensUnread is checked by apachectl -t.
 for my $bad ('0', '-5', 'lots', '99999999999999') {
