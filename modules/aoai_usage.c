@@ -225,8 +225,10 @@ static int close_container(aoai_usage_scan *scan, aoai_usage_doc *doc)
  * backslashes leaves doc->escape for the next.  memchr() finds the next
  * quote a word at a time; one after an odd run of backslashes is
  * escaped, and the search goes on past it. */
-static apr_size_t string_span(aoai_usage_doc *doc, const char *p,
-                              apr_size_t n, int *closed)
+/* Inlined: called for every string, its call cost as much as its work. */
+static APR_INLINE apr_size_t string_span(aoai_usage_doc *doc,
+                                         const char *p, apr_size_t n,
+                                         int *closed)
 {
     apr_size_t at = 0;
 
