@@ -70,10 +70,10 @@ enum {
     K_NONE, K_OTHER, K_USAGE, K_CHOICES, K_RESPONSE, K_DELTA, K_TOOL_CALLS,
     K_FUNCTION, K_CONTENT, K_REFUSAL, K_REASONING, K_ARGUMENTS, K_TEXT,
     K_PROMPT, K_COMPLETION, K_TOTAL, K_INPUT, K_OUTPUT, K_MAX_TOKENS,
-    K_MAX_COMPLETION
+    K_MAX_COMPLETION, K_MAX_OUTPUT
 };
 #define IS_COUNT_KEY(k) ((k) >= K_PROMPT && (k) <= K_OUTPUT)
-#define IS_ASKED_KEY(k) ((k) == K_MAX_TOKENS || (k) == K_MAX_COMPLETION)
+#define IS_ASKED_KEY(k) ((k) >= K_MAX_TOKENS && (k) <= K_MAX_OUTPUT)
 
 /* By length first: most keys an answer has are none of these, and are
  * told so by one comparison of lengths, or one of a few bytes. */
@@ -95,7 +95,8 @@ static int key_id(const char *t, apr_size_t length)
     case 13: return IS("prompt_tokens") ? K_PROMPT
                     : IS("output_tokens") ? K_OUTPUT : K_OTHER;
     case 17: return IS("completion_tokens") ? K_COMPLETION
-                    : IS("reasoning_content") ? K_REASONING : K_OTHER;
+                    : IS("reasoning_content") ? K_REASONING
+                    : IS("max_output_tokens") ? K_MAX_OUTPUT : K_OTHER;
     case 21: return IS("max_completion_tokens") ? K_MAX_COMPLETION : K_OTHER;
     default: return K_OTHER;
     }
@@ -388,12 +389,15 @@ static void number_end(aoai_usage_scan *scan, aoai_usage_doc *doc)
     doc->state = J_STRUCT;
     doc->key = K_NONE;
     if (IS_ASKED_KEY(key)) {
-        /* max_tokens wins over max_completion_tokens; twice, the larger */
+        /* max_tokens wins over max_completion_tokens, which wins over a
+         * response's max_output_tokens; one twice: the larger */
+        int rank = K_MAX_OUTPUT + 1 - key;
+
         if (doc->number >= 1 && doc->number <= AOAI_USAGE_ASKED_MAX
-            && (key == K_MAX_TOKENS || !(doc->seen & (1u << K_MAX_TOKENS)))
-            && (!(doc->seen & bit) || doc->number > scan->asked)) {
+            && (rank > scan->asked_rank
+                || (rank == scan->asked_rank && doc->number > scan->asked))) {
             scan->asked = doc->number;
-            doc->seen |= bit;
+            scan->asked_rank = rank;
         }
         return;
     }

@@ -57,6 +57,7 @@ typedef struct {
     apr_int64_t counted;    /* completion tokens counted from a stream's
                              * text: a token per 4 bytes, 1 at least */
     apr_int64_t asked;      /* a request's max_tokens, when it is one */
+    int asked_rank;         /* which bound that was (max_tokens first) */
     int counted_figure;     /* usage holds the counted figure (metering) */
     aoai_usage usage;
     void *decoder;          /* whoever feeds it: what decodes the bytes */
@@ -80,7 +81,8 @@ int aoai_usage_scan_finish(aoai_usage_scan *scan);
 
 /* What a call will cost in tokens before a member says: its prompt (a
  * token per four bytes of the body) and the completion it asks for at
- * most (max_tokens, else max_completion_tokens; 0 when it names none). */
+ * most (max_tokens, else max_completion_tokens, else a response's
+ * max_output_tokens; 0 when it names none). */
 typedef struct {
     apr_int64_t prompt;
     apr_int64_t asked;

@@ -313,6 +313,10 @@ int main(void)
             { "{\"max_tokens\":5,\"max_tokens\":500}", 500,
               "a bound twice: the larger" },
             { "{\"max_tokens\":12", 12, "a cut body's bound still counts" },
+            { "{\"input\":\"hi\",\"max_output_tokens\":300}", 300,
+              "a response's max_output_tokens" },
+            { "{\"max_output_tokens\":300,\"max_completion_tokens\":30}", 30,
+              "max_completion_tokens wins over max_output_tokens" },
         };
         apr_size_t i;
 
