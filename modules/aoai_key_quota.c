@@ -63,10 +63,17 @@ void aoai_key_quota_estimate(aoai_call *call, const char *body,
     aoai_usage_request estimate;
 
     aoai_usage_estimate_request(body, length, &estimate);
-    call->token_estimate = estimate.prompt + estimate.asked;
-    call->charge.unread = estimate.prompt
-                          + (estimate.asked ? estimate.asked
-                                            : call->conf->key_tokens_unread);
+    aoai_key_quota_estimate_from(call, length, estimate.asked);
+}
+
+void aoai_key_quota_estimate_from(aoai_call *call, apr_size_t length,
+                                  apr_int64_t asked)
+{
+    apr_int64_t prompt = aoai_usage_prompt_estimate((apr_off_t)length);
+
+    call->token_estimate = prompt + asked;
+    call->charge.unread = prompt + (asked ? asked
+                                          : call->conf->key_tokens_unread);
 }
 
 /* Opens a new minute when the last one is over.  A call that adds to the

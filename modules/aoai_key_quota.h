@@ -21,6 +21,11 @@ const aoai_key_quota *aoai_key_quota_for(const aoai_dir_conf *conf,
  * charged should its answer give no figure (call->charge.unread). */
 void aoai_key_quota_estimate(aoai_call *call, const char *body,
                              apr_size_t length);
+/* The same from what a walk of the body found already: its length and
+ * the completion it asks for (aoai_usage_bound() of its max_tokens, else
+ * max_completion_tokens, else max_output_tokens; 0: none). */
+void aoai_key_quota_estimate_from(aoai_call *call, apr_size_t length,
+                                  apr_int64_t asked);
 /* 1 when the call's estimate fits and is charged; 0 with what the key has
  * left and how long until its next minute. */
 int aoai_key_quota_take(aoai_call *call, const aoai_key_quota *limit,

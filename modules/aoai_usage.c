@@ -673,6 +673,20 @@ void aoai_usage_estimate_request(const char *body, apr_size_t length,
     out->asked = scan.asked;
 }
 
+apr_int64_t aoai_usage_bound(const char *value, apr_size_t length)
+{
+    apr_int64_t n = 0;
+    apr_size_t i;
+
+    for (i = 0; i < length && value[i] >= '0' && value[i] <= '9'; i++) {
+        n = n * 10 + (value[i] - '0');
+        if (n > AOAI_USAGE_ASKED_MAX) {
+            return 0;
+        }
+    }
+    return i && i == length && n >= 1 ? n : 0;
+}
+
 apr_int64_t aoai_usage_estimate(const char *body, apr_size_t length)
 {
     aoai_usage_request estimate;

@@ -90,6 +90,9 @@ typedef struct {
 
 void aoai_usage_estimate_request(const char *body, apr_size_t length,
                                  aoai_usage_request *out);
+/* A completion bound as a request's JSON writes it (the value of
+ * max_tokens, say): 1 to 10^8, else 0 (none the estimate believes). */
+apr_int64_t aoai_usage_bound(const char *value, apr_size_t length);
 /* The prompt plus the completion asked for. */
 apr_int64_t aoai_usage_estimate(const char *body, apr_size_t length);
 /* The prompt of a body of this many bytes, as the estimate takes it. */

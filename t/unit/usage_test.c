@@ -333,6 +333,13 @@ int main(void)
         }
     }
 
+    ok(aoai_usage_bound("16", 2) == 16 && aoai_usage_bound("0", 1) == 0
+       && aoai_usage_bound("-3", 2) == 0 && aoai_usage_bound("2.5", 3) == 0
+       && aoai_usage_bound("\"9\"", 3) == 0
+       && aoai_usage_bound("100000001", 9) == 0
+       && aoai_usage_bound("99999999999999999999999", 23) == 0,
+       "a bound's text: a positive integer up to 10^8, else none");
+
     printf("1..%d\n", tests_run);
     apr_pool_destroy(pool);
     apr_terminate();
