@@ -21,7 +21,7 @@ BINDIR   ?= $(PREFIX)/bin
 WARNINGS  = -Wall -Wextra -Werror
 # From the bottom layer up (mod_aoai_balancer.c names the layers).
 APR_ONLY  = modules/aoai_window.c modules/aoai_ratelimit.c modules/aoai_json.c \
-            modules/aoai_usage.c modules/aoai_keyfile.c
+            modules/aoai_usage.c modules/aoai_inflate.c modules/aoai_keyfile.c
 SOURCES   = $(APR_ONLY) \
             modules/aoai_config.c modules/aoai_balancers.c modules/aoai_table.c \
             modules/aoai_request.c modules/aoai_affinity.c \
@@ -55,7 +55,7 @@ APXS_C    = $(APXS) -c $(foreach f,$(WARNINGS),-Wc,$(f)) -I. -Imodules
 all: .libs/mod_aoai_balancer.so
 
 .libs/mod_aoai_balancer.so: $(SOURCES) $(HEADERS) apxs.mk
-	$(APXS_C) -o mod_aoai_balancer.la $(SOURCES) -ljansson -lcrypto
+	$(APXS_C) -o mod_aoai_balancer.la $(SOURCES) -ljansson -lcrypto -lz
 
 # apxs puts objects beside their sources, so the sanitizer build gets a
 # tree of its own instead of sharing (and clobbering) the release objects.
@@ -67,7 +67,7 @@ build/sanitize/.libs/mod_aoai_balancer.so: $(SOURCES) $(HEADERS) apxs.mk
 	cp modules/*.c modules/*.h build/sanitize/modules/
 	cd build/sanitize && $(APXS) -c $(foreach f,$(WARNINGS) $(SAN_FLAGS),-Wc,$(f)) \
 	    -Wl,-fsanitize=address,undefined -I. -Imodules \
-	    -o mod_aoai_balancer.la $(SOURCES) -ljansson -lcrypto
+	    -o mod_aoai_balancer.la $(SOURCES) -ljansson -lcrypto -lz
 
 mock: t/mock/.libs/mod_aoai_mock.so
 

@@ -18,7 +18,7 @@
  * pointing down):
  *
  *   APR only      aoai_window, aoai_ratelimit, aoai_json, aoai_usage,
- *                 aoai_keyfile
+ *                 aoai_inflate, aoai_keyfile
  *   state         aoai_config, aoai_balancers, aoai_table, aoai_request,
  *                 aoai_affinity
  *   policies      aoai_headroom, aoai_key_quota, aoai_front_door,
@@ -102,6 +102,11 @@ static const command_rec aoai_cmds[] =
                    RSRC_CONF | ACCESS_CONF,
                    "tokens [label]: the tokens a subscription key (every key, "
                    "or the one labelled) may use per minute"),
+    AP_INIT_TAKE1("AOAIKeyTokensUnread", aoai_key_quota_set_unread, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "tokens: the completion a key is charged for a call whose "
+                  "answer's usage cannot be read and that names no "
+                  "max_tokens (default 4096)"),
     AP_INIT_TAKE23("AOAIDeployment", aoai_deployments_set, NULL,
                    RSRC_CONF | ACCESS_CONF,
                    "route deployment [name-at-member]: a deployment this "

@@ -43,6 +43,7 @@ void *aoai_config_create_dir(apr_pool_t *p, char *dir)
         AOAI_DEFAULT_HEADROOM_TOKENS_WINDOW;
     conf->object_affinity = 1;
     conf->object_lifetime = AOAI_DEFAULT_OBJECT_LIFETIME;
+    conf->key_tokens_unread = AOAI_DEFAULT_KEY_TOKENS_UNREAD;
     set_default_failover(conf);
     return conf;
 }
@@ -97,6 +98,7 @@ void *aoai_config_merge_dir(apr_pool_t *p, void *basev, void *addv)
     MERGE(object_affinity);
     MERGE(object_lifetime);
     MERGE(operations);
+    MERGE(key_tokens_unread);
 #undef MERGE
     conf->first_byte_all = add->first_byte_timeout_set ? add->first_byte_all
                                                        : base->first_byte_all;

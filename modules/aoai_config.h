@@ -43,6 +43,8 @@ extern module AP_MODULE_DECLARE_DATA aoai_balancer_module;
 #define AOAI_DEFAULT_CACHE_TIMEOUT   apr_time_from_msec(50)
 #define AOAI_DEFAULT_OBJECT_ENTRIES  65536
 #define AOAI_DEFAULT_OBJECT_LIFETIME apr_time_from_sec(30 * 86400)
+/* AOAIKeyTokensUnread: the completion charged when nothing says it */
+#define AOAI_DEFAULT_KEY_TOKENS_UNREAD 4096
 
 /* Failure classes that can be named in AOAIFailoverOn besides statuses. */
 #define AOAI_FAIL_CONNECTION  0x1   /* refused, reset, closed, no answer */
@@ -103,6 +105,7 @@ typedef struct {
     aoai_headroom_floor headroom_floor[AOAI_HEADROOM_KINDS];
     apr_interval_time_t headroom_window[AOAI_HEADROOM_KINDS];
     apr_array_header_t *key_quotas;        /* aoai_key_quota */
+    apr_int64_t key_tokens_unread;         /* AOAIKeyTokensUnread */
     apr_array_header_t *deployments;       /* aoai_deployment */
     int object_affinity;                   /* AOAIObjectAffinity */
     apr_interval_time_t object_lifetime;   /* AOAIObjectLifetime */
@@ -118,6 +121,7 @@ typedef struct {
     unsigned int object_affinity_set:1;
     unsigned int object_lifetime_set:1;
     unsigned int operations_set:1;
+    unsigned int key_tokens_unread_set:1;
     unsigned int headroom_floor_set:AOAI_HEADROOM_KINDS;   /* by kind */
     unsigned int headroom_window_set:AOAI_HEADROOM_KINDS;
 } aoai_dir_conf;

@@ -838,8 +838,7 @@ static int phase_charge(aoai_flow *flow)
     apr_interval_time_t wait;
 
     if (quota || !call->conf->headroom_floor[AOAI_HEADROOM_TOKENS].off) {
-        call->token_estimate = aoai_usage_estimate(flow->body->data,
-                                                   flow->body->length);
+        aoai_key_quota_estimate(call, flow->body->data, flow->body->length);
     }
     if (!quota || aoai_key_quota_take(call, quota, apr_time_now(),
                                       &remaining, &wait)) {

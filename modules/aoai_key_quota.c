@@ -8,7 +8,14 @@
  * first call.  A call takes its token estimate (aoai_usage_estimate) up
  * front, so that a burst of calls cannot all pass on the same count; when
  * the answer's usage is read, the estimate is replaced by what the member
- * counted, and a call no member served gives its estimate back.  A key
+ * counted, and a call no member served gives its estimate back.
+ *
+ * No figure, no free pass: a stream without usage is counted from its
+ * deltas (aoai_usage.c), and a call whose answer should carry usage but
+ * gives none that can be read (an encoding the gateway cannot undo, a
+ * body without it) is charged a stated amount: its prompt and its
+ * max_tokens, or AOAIKeyTokensUnread tokens of completion when it named
+ * no bound.  Never its prompt alone.  A key
  * whose estimate does not fit gets 429 from the gateway, with Retry-After
  * for the end of its minute, and no member is called.
  */
@@ -48,6 +55,25 @@ const aoai_key_quota *aoai_key_quota_for(const aoai_dir_conf *conf,
         }
     }
     return every;
+}
+
+void aoai_key_quota_estimate(aoai_call *call, const char *body,
+                             apr_size_t length)
+{
+    aoai_usage_request estimate;
+
+    aoai_usage_estimate_request(body, length, &estimate);
+    aoai_key_quota_estimate_from(call, length, estimate.asked);
+}
+
+void aoai_key_quota_estimate_from(aoai_call *call, apr_size_t length,
+                                  apr_int64_t asked)
+{
+    apr_int64_t prompt = aoai_usage_prompt_estimate((apr_off_t)length);
+
+    call->token_estimate = prompt + asked;
+    call->charge.unread = prompt + (asked ? asked
+                                          : call->conf->key_tokens_unread);
 }
 
 /* Opens a new minute when the last one is over.  A call that adds to the
@@ -120,24 +146,54 @@ int aoai_key_quota_take(aoai_call *call, const aoai_key_quota *limit,
 void aoai_key_quota_settle(aoai_call *call, const aoai_usage *usage)
 {
     aoai_charge *charge = &call->charge;
-    apr_int64_t correction;
+    apr_int64_t charged = call->token_estimate;
 
-    if (!charge->shared
-        || (apr_time_t)apr_atomic_read64(&charge->shared->window_start)
-           != charge->window) {
+    if (!charge->shared) {
         return;
     }
     if (!call->passed) {
-        correction = -call->token_estimate;
+        charged = 0;
     }
     else if (usage) {
-        correction = usage->total_tokens - call->token_estimate;
+        charged = usage->total_tokens;
     }
-    else {
-        return;     /* served, usage unreadable: the estimate stands */
+    else if (call->usage && call->usage->expected) {
+        charged = charge->unread;   /* no figure: the stated amount */
     }
-    apr_atomic_add64(&charge->shared->used, (apr_uint64_t)correction);
+    apr_table_setn(call->r->subprocess_env, "AOAI_KEY_TOKENS",
+                   apr_psprintf(call->r->pool, "%" APR_INT64_T_FMT, charged));
+    if ((apr_time_t)apr_atomic_read64(&charge->shared->window_start)
+        == charge->window) {
+        apr_atomic_add64(&charge->shared->used,
+                         (apr_uint64_t)(charged - call->token_estimate));
+    }
     charge->shared = NULL;
+}
+
+static const char *parse_tokens(cmd_parms *cmd, const char *tokens,
+                                apr_int64_t *out)
+{
+    char *end;
+
+    errno = 0;
+    *out = apr_strtoi64(tokens, &end, 10);
+    if (!apr_isdigit(*tokens) || *end || errno == ERANGE || *out < 1
+        || *out > APR_INT64_C(1000000000000)) {
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a number of tokens "
+                            "(1 to 1000000000000)", cmd->cmd->name, tokens);
+    }
+    return NULL;
+}
+
+/* AOAIKeyTokensUnread tokens */
+const char *aoai_key_quota_set_unread(cmd_parms *cmd, void *dconf,
+                                      const char *tokens)
+{
+    aoai_dir_conf *conf = dconf;
+    const char *error = parse_tokens(cmd, tokens, &conf->key_tokens_unread);
+
+    conf->key_tokens_unread_set = !error;
+    return error;
 }
 
 /* AOAIKeyTokensPerMinute tokens [label] */
@@ -146,16 +202,12 @@ const char *aoai_key_quota_set(cmd_parms *cmd, void *dconf,
 {
     aoai_dir_conf *conf = dconf;
     aoai_key_quota *quota;
-    char *end;
     apr_int64_t limit;
+    const char *error = parse_tokens(cmd, tokens, &limit);
     int i;
 
-    errno = 0;
-    limit = apr_strtoi64(tokens, &end, 10);
-    if (!apr_isdigit(*tokens) || *end || errno == ERANGE || limit < 1
-        || limit > APR_INT64_C(1000000000000)) {
-        return apr_psprintf(cmd->pool, "AOAIKeyTokensPerMinute: '%s' is not "
-                            "a number of tokens (1 or more)", tokens);
+    if (error) {
+        return error;
     }
     if (!conf->key_quotas) {
         conf->key_quotas = apr_array_make(cmd->pool, 4, sizeof(*quota));

@@ -16,16 +16,30 @@
  * every key; NULL when none does. */
 const aoai_key_quota *aoai_key_quota_for(const aoai_dir_conf *conf,
                                          const char *label);
+/* The call's cost before any member answers, from its body: the prompt
+ * and the completion asked for (call->token_estimate), and what it is
+ * charged should its answer give no figure (call->charge.unread). */
+void aoai_key_quota_estimate(aoai_call *call, const char *body,
+                             apr_size_t length);
+/* The same from what a walk of the body found already: its length and
+ * the completion it asks for (aoai_usage_bound() of its max_tokens, else
+ * max_completion_tokens, else max_output_tokens; 0: none). */
+void aoai_key_quota_estimate_from(aoai_call *call, apr_size_t length,
+                                  apr_int64_t asked);
 /* 1 when the call's estimate fits and is charged; 0 with what the key has
  * left and how long until its next minute. */
 int aoai_key_quota_take(aoai_call *call, const aoai_key_quota *limit,
                         apr_time_t now, apr_int64_t *remaining,
                         apr_interval_time_t *wait);
-/* The call is over: the charge becomes what the member counted, or is
- * given back when no member served it. */
+/* The call is over: the charge becomes what the member counted (or what
+ * was counted of a stream without usage), the stated amount when an
+ * answer that should have a figure gave none, or is given back when no
+ * member served it.  AOAI_KEY_TOKENS says what was charged. */
 void aoai_key_quota_settle(aoai_call *call, const aoai_usage *usage);
 
 const char *aoai_key_quota_set(cmd_parms *cmd, void *dconf,
                                const char *tokens, const char *label);
+const char *aoai_key_quota_set_unread(cmd_parms *cmd, void *dconf,
+                                      const char *tokens);
 
 #endif /* AOAI_KEY_QUOTA_H */

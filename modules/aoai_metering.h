@@ -2,8 +2,8 @@
  * LICENSE in the project root.
  *
  * aoai_metering: the tokens of the answer that went to the client, read as
- * it passes (aoai_usage.c does the reading), for the counters, the log
- * fields and the key's quota.
+ * it passes (aoai_usage.c does the reading, aoai_inflate.c undoes gzip),
+ * for the counters, the log fields and the key's quota.
  */
 
 #ifndef AOAI_METERING_H
@@ -20,8 +20,10 @@ int aoai_metering_start(request_rec *r, aoai_call *call);
 /* A brigade of the answer on its way to the client. */
 void aoai_metering_feed(request_rec *r, aoai_call *call,
                         apr_bucket_brigade *bb);
-/* The answer is over: its usage, when it could be read (also set for the
- * access log as AOAI_PROMPT_TOKENS, ...), else NULL. */
+/* The answer is over: its tokens, the member's usage or, for a stream
+ * without one, its prompt estimated and its completion counted (also set
+ * for the access log as AOAI_PROMPT_TOKENS, ..., and where they come from
+ * as AOAI_USAGE); NULL when there is no figure. */
 const aoai_usage *aoai_metering_finish(request_rec *r, aoai_call *call);
 /* A call's tokens for the access log: AOAI_PROMPT_TOKENS, ... and the
  * aoai-prompt-tokens, ... notes. */

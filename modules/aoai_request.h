@@ -40,6 +40,9 @@ typedef struct {
     aoai_quota_shared *shared; /* NULL: nothing charged */
     apr_int64_t remaining;     /* the key's tokens left after this call */
     apr_time_t window;         /* the minute the charge was taken in */
+    apr_int64_t unread;        /* the charge when the answer has no figure:
+                                * the prompt and max_tokens, else
+                                * AOAIKeyTokensUnread */
 } aoai_charge;
 
 /* The stored objects a call names or makes; aoai_objects.c. */

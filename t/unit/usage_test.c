@@ -104,6 +104,65 @@ static const char stream[] =
     "\"completion_tokens\":4,\"total_tokens\":15}}\n\n"
     "data: [DONE]\n\n";
 
+/* The completion of a stream without usage, counted from its deltas
+ * however the stream is cut: a token per 4 bytes, 1 at least. */
+static apr_int64_t counted(const char *text, apr_size_t step)
+{
+    aoai_usage_scan *s = aoai_usage_scan_start(pool, 1);
+    apr_size_t done = 0, length = strlen(text);
+
+    while (done < length) {
+        apr_size_t piece = length - done < step ? length - done : step;
+        aoai_usage_scan_feed(pool, s, text + done, piece);
+        done += piece;
+    }
+    aoai_usage_scan_finish(s);
+    return s->found ? -1 : s->counted;
+}
+
+static void counted_case(void)
+{
+    static const char chat[] =
+        "data: {\"choices\":[],\"prompt_filter_results\":[{\"prompt_index\":0,"
+        "\"content_filter_results\":{\"hate\":{\"filtered\":false}}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+        "\"index\":0}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"index\":0,"
+        "\"logprobs\":{\"content\":[{\"token\":\"Hi\",\"logprob\":-0.1}]}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\" a \\\"twelve byte\"},"
+        "\"index\":0}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":"
+        "{\"arguments\":\"{\\\"city\\\":\"}}]},\"index\":0}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],"
+        "\"usage\":null}\n\n"
+        "data: [DONE]\n\n";
+    static const char responses[] =
+        "event: response.output_text.delta\n"
+        "data: {\"type\":\"response.output_text.delta\",\"delta\":\"Hello\"}\n\n"
+        "event: response.output_text.done\n"
+        "data: {\"type\":\"response.output_text.done\",\"text\":\"Hello\"}\n\n";
+    static const char completed[] =
+        "data: {\"type\":\"response.output_text.delta\",\"delta\":\"Hello\"}\n\n"
+        "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\","
+        "\"output\":[{\"content\":[{\"text\":\"Hello\"}]}],\"usage\":"
+        "{\"input_tokens\":9,\"output_tokens\":2,\"total_tokens\":11}}}\n\n";
+    aoai_usage usage;
+    apr_size_t step;
+    int same = 1;
+
+    /* "Hi" 1, " a \"twelve byte" 16 bytes raw: 4, {\"city\": 10: 2;
+     * the empty content, the logprobs' token and the role are not text */
+    for (step = 1; step <= 97; step++) {
+        same &= counted(chat, step) == 7;
+    }
+    ok(same, "a stream without usage: its deltas counted, cut anywhere");
+    ok(counted(responses, 7) == 1,
+       "a Responses stream: its deltas counted, not its done events");
+    ok(scan(1, completed, strlen(completed), 5, &usage)
+       && is_usage(&usage, 9, 2, 11),
+       "a Responses stream's usage, in response.completed");
+}
+
 int main(void)
 {
     aoai_usage usage;
@@ -157,14 +216,33 @@ int main(void)
     ok(at_every_cut(0, chat_completion, 1, 64, 19, 7, 26),
        "JSON cut into pieces of 1..64 bytes reads the same");
 
-    length = 1024 * 1024 + 100;
+    /* Nothing is kept: a body of any size is read as it passes, and the
+     * usage at its end is found however the pieces fall. */
+    length = 3 * 1024 * 1024 + 100;
     big = apr_palloc(pool, length + 64);
-    memset(big, ' ', length);
-    memcpy(big, "{\"usage\":{\"total_tokens\":5}}", 28);
-    ok(!scan(0, big, length, 65536, &usage),
-       "a JSON body over 1 MiB is not kept (no usage)");
-    ok(scan(0, big, 1024 * 1024, 65536, &usage)
-       && is_usage(&usage, 0, 0, 5), "one of exactly 1 MiB is read");
+    memcpy(big, "{\"choices\":[\"", 13);
+    memset(big + 13, 'x', length - 13);
+    strcpy(big + length - 40, "\"],\"usage\":{\"total_tokens\":5}}   ");
+    ok(scan(0, big, strlen(big), 65536, &usage) && is_usage(&usage, 0, 0, 5),
+       "a JSON body of 3 MiB is read (its usage at the end)");
+    ok(scan(0, big, strlen(big), 4093, &usage) && is_usage(&usage, 0, 0, 5),
+       "the same in odd pieces");
+
+    json_case("{\"object\":\"response\",\"usage\":{\"input_tokens\":12,"
+              "\"input_tokens_details\":{\"cached_tokens\":0},"
+              "\"output_tokens\":30,\"output_tokens_details\":"
+              "{\"reasoning_tokens\":0},\"total_tokens\":42}}", 1, 12, 30,
+              42, "a response's input_tokens and output_tokens");
+    json_case("{\"usage\":{\"total_tokens\":5e1}}", 0, 0, 0, 0,
+              "an exponent: unreadable");
+    json_case("{\"usage\":{\"total_tokens\":null}}", 0, 0, 0, 0,
+              "null tokens: unreadable");
+    json_case("{\"usage\":{\"total_tokens\":{\"n\":1}}}", 0, 0, 0, 0,
+              "tokens as an object: unreadable");
+    json_case("{\"us\\u0061ge\":{\"total_tokens\":5}}", 0, 0, 0, 0,
+              "an escaped key is not read as usage");
+    json_case("{\"a\":\"\\\\\",\"usage\":{\"total_tokens\":6}}", 1, 0, 0, 6,
+              "a string ending in an escaped backslash");
 
     /* --- SSE streams ------------------------------------------------ */
     ok(at_every_cut(1, stream, 0, 80, 11, 4, 15),
@@ -180,7 +258,8 @@ int main(void)
     text = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"
            "data: [DONE]\n\n";
     ok(!scan(1, text, strlen(text), 0, &usage),
-       "a stream without include_usage has no usage");
+       "a stream without include_usage has no usage of the member's");
+    counted_case();
 
     text = "event: x\nid: {\"usage\":{\"total_tokens\":9}}\n"
            ": {\"usage\":{\"total_tokens\":9}}\n\n";
@@ -211,6 +290,55 @@ int main(void)
            "data: {\"usage\":{\"total_tokens\":\"lots\"}}\n\n";
     ok(scan(1, text, strlen(text), 0, &usage) && is_usage(&usage, 0, 0, 12),
        "unreadable usage chunks do not replace a readable one");
+
+    /* --- request estimates ------------------------------------------ */
+    {
+        static const struct {
+            const char *body;
+            apr_int64_t asked;
+            const char *desc;
+        } cases[] = {
+            { "{\"messages\":[],\"max_tokens\":16}", 16, "max_tokens" },
+            { "{\"max_completion_tokens\":40,\"messages\":[]}", 40,
+              "max_completion_tokens" },
+            { "{\"max_completion_tokens\":40,\"max_tokens\":7}", 7,
+              "max_tokens wins over max_completion_tokens" },
+            { "{\"messages\":[{\"content\":\"\\\"max_tokens\\\": 9\"}],"
+              "\"x\":{\"max_tokens\":9}}", 0,
+              "max_tokens in a string or nested is not the call's" },
+            { "{\"max_tokens\":-5,\"max_completion_tokens\":3}", 3,
+              "a negative bound is none; the other one counts" },
+            { "{\"max_tokens\":2.5}", 0, "a fractional bound is none" },
+            { "{\"max_tokens\":1000000000000}", 0, "an absurd bound is none" },
+            { "{\"max_tokens\":5,\"max_tokens\":500}", 500,
+              "a bound twice: the larger" },
+            { "{\"max_tokens\":12", 12, "a cut body's bound still counts" },
+            { "{\"input\":\"hi\",\"max_output_tokens\":300}", 300,
+              "a response's max_output_tokens" },
+            { "{\"max_output_tokens\":300,\"max_completion_tokens\":30}", 30,
+              "max_completion_tokens wins over max_output_tokens" },
+        };
+        apr_size_t i;
+
+        for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            aoai_usage_request estimate;
+            apr_size_t n = strlen(cases[i].body);
+
+            aoai_usage_estimate_request(cases[i].body, n, &estimate);
+            ok(estimate.asked == cases[i].asked
+               && estimate.prompt == (apr_int64_t)(n / 4) + 1
+               && aoai_usage_estimate(cases[i].body, n)
+                  == estimate.prompt + cases[i].asked,
+               apr_psprintf(pool, "estimate: %s", cases[i].desc));
+        }
+    }
+
+    ok(aoai_usage_bound("16", 2) == 16 && aoai_usage_bound("0", 1) == 0
+       && aoai_usage_bound("-3", 2) == 0 && aoai_usage_bound("2.5", 3) == 0
+       && aoai_usage_bound("\"9\"", 3) == 0
+       && aoai_usage_bound("100000001", 9) == 0
+       && aoai_usage_bound("99999999999999999999999", 23) == 0,
+       "a bound's text: a positive integer up to 10^8, else none");
 
     printf("1..%d\n", tests_run);
     apr_pool_destroy(pool);
