@@ -829,6 +829,27 @@ static int phase_objects(aoai_flow *flow)
                               "invalid_request_error", why);
 }
 
+/* The completion the body asks for at most, from the walk that found its
+ * other fields. */
+static apr_int64_t asked_of(aoai_kept_body *body)
+{
+    static const aoai_body_field bounds[3] = {
+        AOAI_BODY_MAX_TOKENS, AOAI_BODY_MAX_COMPLETION_TOKENS,
+        AOAI_BODY_MAX_OUTPUT_TOKENS
+    };
+    const char *values[3];
+    apr_size_t lengths[3];
+    int k;
+
+    for (k = 0; k < 3; k++) {
+        if (!aoai_kept_body_field(body, bounds[k], &values[k], &lengths[k])) {
+            values[k] = NULL;
+            lengths[k] = 0;
+        }
+    }
+    return aoai_usage_asked(values, lengths);
+}
+
 static int phase_charge(aoai_flow *flow)
 {
     aoai_call *call = flow->call;
@@ -838,7 +859,8 @@ static int phase_charge(aoai_flow *flow)
     apr_interval_time_t wait;
 
     if (quota || !call->conf->headroom_floor[AOAI_HEADROOM_TOKENS].off) {
-        aoai_key_quota_estimate(call, flow->body->data, flow->body->length);
+        aoai_key_quota_estimate_from(call, flow->body->length,
+                                     asked_of(flow->body));
     }
     if (!quota || aoai_key_quota_take(call, quota, apr_time_now(),
                                       &remaining, &wait)) {

@@ -5,7 +5,7 @@
  * Management's azure-openai-token-limit with the subscription as counter.
  *
  * Each key's minute is a fixed window in a shared slot, opened by its
- * first call.  A call takes its token estimate (aoai_usage_estimate) up
+ * first call.  A call takes its token estimate (aoai_key_quota_estimate_from) up
  * front, so that a burst of calls cannot all pass on the same count; when
  * the answer's usage is read, the estimate is replaced by what the member
  * counted, and a call no member served gives its estimate back.
@@ -55,15 +55,6 @@ const aoai_key_quota *aoai_key_quota_for(const aoai_dir_conf *conf,
         }
     }
     return every;
-}
-
-void aoai_key_quota_estimate(aoai_call *call, const char *body,
-                             apr_size_t length)
-{
-    aoai_usage_request estimate;
-
-    aoai_usage_estimate_request(body, length, &estimate);
-    aoai_key_quota_estimate_from(call, length, estimate.asked);
 }
 
 void aoai_key_quota_estimate_from(aoai_call *call, apr_size_t length,

@@ -16,14 +16,10 @@
  * every key; NULL when none does. */
 const aoai_key_quota *aoai_key_quota_for(const aoai_dir_conf *conf,
                                          const char *label);
-/* The call's cost before any member answers, from its body: the prompt
- * and the completion asked for (call->token_estimate), and what it is
- * charged should its answer give no figure (call->charge.unread). */
-void aoai_key_quota_estimate(aoai_call *call, const char *body,
-                             apr_size_t length);
-/* The same from what a walk of the body found already: its length and
- * the completion it asks for (aoai_usage_bound() of its max_tokens, else
- * max_completion_tokens, else max_output_tokens; 0: none). */
+/* The call's cost before any member answers, from its body's length and
+ * the completion it asks for (aoai_usage_asked(); 0: none): the prompt
+ * and that completion (call->token_estimate), and what it is charged
+ * should its answer give no figure (call->charge.unread). */
 void aoai_key_quota_estimate_from(aoai_call *call, apr_size_t length,
                                   apr_int64_t asked);
 /* 1 when the call's estimate fits and is charged; 0 with what the key has

@@ -32,13 +32,15 @@
  *
  * Before the answer, a call's cost is estimated from its request, as
  * Azure estimates it at arrival: the prompt plus the completion asked
- * for.  The same reader finds max_tokens at the request's top level.
+ * for (the request's top-level bounds, which the gateway's one walk over
+ * the body finds: aoai_kept_body_field()).
  *
  * Only APR here, so a fuzzer can drive this file alone.
  */
 
 #include "aoai_usage.h"
 
+#include "apr_lib.h"
 #include "apr_strings.h"
 
 /* More tokens than any deployment's context window by far. */
@@ -69,11 +71,9 @@ enum { L_START, L_DATA, L_SKIP };
 enum {
     K_NONE, K_OTHER, K_USAGE, K_CHOICES, K_RESPONSE, K_DELTA, K_TOOL_CALLS,
     K_FUNCTION, K_CONTENT, K_REFUSAL, K_REASONING, K_ARGUMENTS, K_TEXT,
-    K_PROMPT, K_COMPLETION, K_TOTAL, K_INPUT, K_OUTPUT, K_MAX_TOKENS,
-    K_MAX_COMPLETION, K_MAX_OUTPUT
+    K_PROMPT, K_COMPLETION, K_TOTAL, K_INPUT, K_OUTPUT
 };
 #define IS_COUNT_KEY(k) ((k) >= K_PROMPT && (k) <= K_OUTPUT)
-#define IS_ASKED_KEY(k) ((k) >= K_MAX_TOKENS && (k) <= K_MAX_OUTPUT)
 
 /* By length first: most keys an answer has are none of these, and are
  * told so by one comparison of lengths, or one of a few bytes. */
@@ -88,16 +88,13 @@ static int key_id(const char *t, apr_size_t length)
     case 8:  return IS("response") ? K_RESPONSE
                     : IS("function") ? K_FUNCTION : K_OTHER;
     case 9:  return IS("arguments") ? K_ARGUMENTS : K_OTHER;
-    case 10: return IS("tool_calls") ? K_TOOL_CALLS
-                    : IS("max_tokens") ? K_MAX_TOKENS : K_OTHER;
+    case 10: return IS("tool_calls") ? K_TOOL_CALLS : K_OTHER;
     case 12: return IS("total_tokens") ? K_TOTAL
                     : IS("input_tokens") ? K_INPUT : K_OTHER;
     case 13: return IS("prompt_tokens") ? K_PROMPT
                     : IS("output_tokens") ? K_OUTPUT : K_OTHER;
     case 17: return IS("completion_tokens") ? K_COMPLETION
-                    : IS("reasoning_content") ? K_REASONING
-                    : IS("max_output_tokens") ? K_MAX_OUTPUT : K_OTHER;
-    case 21: return IS("max_completion_tokens") ? K_MAX_COMPLETION : K_OTHER;
+                    : IS("reasoning_content") ? K_REASONING : K_OTHER;
     default: return K_OTHER;
     }
 #undef IS
@@ -211,7 +208,7 @@ static int close_container(aoai_usage_scan *scan, aoai_usage_doc *doc)
     }
     doc->state = J_DONE;
     /* The root closed: a document with one readable usage has it. */
-    if (doc->has_usage && doc->usages == 1 && !scan->request) {
+    if (doc->has_usage && doc->usages == 1) {
         scan->usage = doc->pending;
         scan->found = 1;
     }
@@ -381,26 +378,13 @@ static apr_size_t skip_other(aoai_usage_doc *doc, const char *p,
     return n;
 }
 
-static void number_end(aoai_usage_scan *scan, aoai_usage_doc *doc)
+static void number_end(aoai_usage_doc *doc)
 {
     int key = doc->number_key;
     unsigned int bit = 1u << key;
 
     doc->state = J_STRUCT;
     doc->key = K_NONE;
-    if (IS_ASKED_KEY(key)) {
-        /* max_tokens wins over max_completion_tokens, which wins over a
-         * response's max_output_tokens; one twice: the larger */
-        int rank = K_MAX_OUTPUT + 1 - key;
-
-        if (doc->number >= 1 && doc->number <= AOAI_USAGE_ASKED_MAX
-            && (rank > scan->asked_rank
-                || (rank == scan->asked_rank && doc->number > scan->asked))) {
-            scan->asked = doc->number;
-            scan->asked_rank = rank;
-        }
-        return;
-    }
     if (doc->seen & bit) {
         doc->bad = 1;                   /* a field twice */
     }
@@ -419,8 +403,7 @@ static void number_end(aoai_usage_scan *scan, aoai_usage_doc *doc)
 }
 
 /* The digits of a count; a sign, a fraction or an exponent spoil it. */
-static apr_size_t in_number(aoai_usage_scan *scan, aoai_usage_doc *doc,
-                            const char *p, apr_size_t n)
+static apr_size_t in_number(aoai_usage_doc *doc, const char *p, apr_size_t n)
 {
     apr_size_t i;
 
@@ -431,18 +414,17 @@ static apr_size_t in_number(aoai_usage_scan *scan, aoai_usage_doc *doc,
             doc->number = doc->number * 10 + (c - '0');
             if (doc->number > AOAI_USAGE_TOKENS_MAX) {
                 doc->number = AOAI_USAGE_TOKENS_MAX + 1;
-                doc->bad |= !IS_ASKED_KEY(doc->number_key);
+                doc->bad = 1;
             }
             continue;
         }
         if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
-            doc->bad |= !IS_ASKED_KEY(doc->number_key);
-            doc->number = 0;            /* no bound the estimate takes */
+            doc->bad = 1;
             doc->state = J_STRUCT;
             doc->key = K_NONE;
             return i + 1;
         }
-        number_end(scan, doc);
+        number_end(doc);
         return i;
     }
     return n;
@@ -454,12 +436,10 @@ static apr_size_t in_number(aoai_usage_scan *scan, aoai_usage_doc *doc,
 /* A value that is neither string nor container starts with c: a count
  * of the usage or a request's bound is read, anything else at such a
  * key spoils the usage. */
-static void scalar_starts(aoai_usage_scan *scan, aoai_usage_doc *doc, char c)
+static void scalar_starts(aoai_usage_doc *doc, char c)
 {
     int kind = T_KIND(current(doc));
-    int wanted = (kind == T_USAGE && IS_COUNT_KEY(doc->key))
-                 || (kind == T_ROOT && scan->request
-                     && IS_ASKED_KEY(doc->key));
+    int wanted = kind == T_USAGE && IS_COUNT_KEY(doc->key);
 
     if (!wanted) {
         return;
@@ -512,7 +492,7 @@ static apr_size_t in_struct(aoai_usage_scan *scan, aoai_usage_doc *doc,
             doc->key = K_NONE;
             break;
         default:
-            scalar_starts(scan, doc, c);
+            scalar_starts(doc, c);
             if (doc->state != J_STRUCT) {
                 return i;
             }
@@ -543,7 +523,7 @@ static void doc_feed(aoai_usage_scan *scan, aoai_usage_doc *doc,
             used = in_string(scan, doc, p, n);
             break;
         case J_NUMBER:
-            used = in_number(scan, doc, p, n);
+            used = in_number(doc, p, n);
             break;
         default:
             return;
@@ -656,24 +636,6 @@ apr_int64_t aoai_usage_prompt_estimate(apr_off_t length)
     return (apr_int64_t)(length / 4) + 1;
 }
 
-/* The prompt is taken as a token per four bytes of the body (JSON's own
- * syntax makes that generous, which is the side to err on); the bound is
- * read by the same walk as an answer's usage, strings skipped whole. */
-void aoai_usage_estimate_request(const char *body, apr_size_t length,
-                                 aoai_usage_request *out)
-{
-    aoai_usage_scan scan;
-
-    scan_init(&scan, 0);
-    scan.request = 1;
-    doc_feed(&scan, &scan.doc, body, length);
-    if (scan.doc.state == J_NUMBER) {
-        number_end(&scan, &scan.doc);
-    }
-    out->prompt = aoai_usage_prompt_estimate((apr_off_t)length);
-    out->asked = scan.asked;
-}
-
 apr_int64_t aoai_usage_bound(const char *value, apr_size_t length)
 {
     apr_int64_t n = 0;
@@ -688,10 +650,23 @@ apr_int64_t aoai_usage_bound(const char *value, apr_size_t length)
     return i && i == length && n >= 1 ? n : 0;
 }
 
-apr_int64_t aoai_usage_estimate(const char *body, apr_size_t length)
+/* max_tokens wins over max_completion_tokens, which wins over a response's
+ * max_output_tokens: the first that is a bound. */
+apr_int64_t aoai_usage_asked(const char *const values[3],
+                             const apr_size_t lengths[3])
 {
-    aoai_usage_request estimate;
+    int k;
 
-    aoai_usage_estimate_request(body, length, &estimate);
-    return estimate.prompt + estimate.asked;
+    for (k = 0; k < 3; k++) {
+        apr_size_t length = lengths[k];
+        apr_int64_t asked;
+
+        while (values[k] && length && apr_isspace(values[k][length - 1])) {
+            length--;
+        }
+        if (values[k] && (asked = aoai_usage_bound(values[k], length))) {
+            return asked;
+        }
+    }
+    return 0;
 }

@@ -56,12 +56,9 @@ typedef struct {
     int unreadable;         /* its bytes cannot be read (encoding) */
     apr_int64_t counted;    /* completion tokens counted from a stream's
                              * text: a token per 4 bytes, 1 at least */
-    apr_int64_t asked;      /* a request's max_tokens, when it is one */
-    int asked_rank;         /* which bound that was (max_tokens first) */
     int counted_figure;     /* usage holds the counted figure (metering) */
     aoai_usage usage;
     void *decoder;          /* whoever feeds it: what decodes the bytes */
-    int request;            /* reading a request, not an answer */
     int line_state;
     char field[5];
     int field_length;
@@ -79,22 +76,15 @@ void aoai_usage_scan_feed(apr_pool_t *pool, aoai_usage_scan *scan,
 /* At the answer's end: 1 when scan->usage holds the member's figures. */
 int aoai_usage_scan_finish(aoai_usage_scan *scan);
 
-/* What a call will cost in tokens before a member says: its prompt (a
- * token per four bytes of the body) and the completion it asks for at
- * most (max_tokens, else max_completion_tokens, else a response's
- * max_output_tokens; 0 when it names none). */
-typedef struct {
-    apr_int64_t prompt;
-    apr_int64_t asked;
-} aoai_usage_request;
-
-void aoai_usage_estimate_request(const char *body, apr_size_t length,
-                                 aoai_usage_request *out);
 /* A completion bound as a request's JSON writes it (the value of
  * max_tokens, say): 1 to 10^8, else 0 (none the estimate believes). */
 apr_int64_t aoai_usage_bound(const char *value, apr_size_t length);
-/* The prompt plus the completion asked for. */
-apr_int64_t aoai_usage_estimate(const char *body, apr_size_t length);
+/* The completion a request asks for at most, from the text of its
+ * max_tokens, max_completion_tokens and a response's max_output_tokens
+ * (values[k] NULL when absent): the first of them that is a bound, else
+ * 0 when it names none. */
+apr_int64_t aoai_usage_asked(const char *const values[3],
+                             const apr_size_t lengths[3]);
 /* The prompt of a body of this many bytes, as the estimate takes it. */
 apr_int64_t aoai_usage_prompt_estimate(apr_off_t length);
 

@@ -7,6 +7,7 @@
  */
 
 #include "aoai_usage.h"
+#include "aoai_json.h"
 
 #include "apr_general.h"
 #include "apr_strings.h"
@@ -291,7 +292,9 @@ int main(void)
     ok(scan(1, text, strlen(text), 0, &usage) && is_usage(&usage, 0, 0, 12),
        "unreadable usage chunks do not replace a readable one");
 
-    /* --- request estimates ------------------------------------------ */
+    /* --- request estimates: the bounds, found by the gateway's one walk
+     * over the body (aoai_json_top_level_fields), ranked by
+     * aoai_usage_asked() --------------------------------------------- */
     {
         static const struct {
             const char *body;
@@ -310,9 +313,10 @@ int main(void)
               "a negative bound is none; the other one counts" },
             { "{\"max_tokens\":2.5}", 0, "a fractional bound is none" },
             { "{\"max_tokens\":1000000000000}", 0, "an absurd bound is none" },
-            { "{\"max_tokens\":5,\"max_tokens\":500}", 500,
-              "a bound twice: the larger" },
-            { "{\"max_tokens\":12", 12, "a cut body's bound still counts" },
+            { "{\"max_tokens\" : 12 }", 12, "spaces around a bound" },
+            { "{\"max_tokens\":5,\"max_tokens\":500}", 0,
+              "a bound twice is trusted nowhere" },
+            { "{\"max_tokens\":12", 0, "a cut body names no bound" },
             { "{\"input\":\"hi\",\"max_output_tokens\":300}", 300,
               "a response's max_output_tokens" },
             { "{\"max_output_tokens\":300,\"max_completion_tokens\":30}", 30,
@@ -321,16 +325,26 @@ int main(void)
         apr_size_t i;
 
         for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-            aoai_usage_request estimate;
-            apr_size_t n = strlen(cases[i].body);
+            aoai_json_field fields[3] = {
+                { "max_tokens", 10, NULL, 0 },
+                { "max_completion_tokens", 21, NULL, 0 },
+                { "max_output_tokens", 17, NULL, 0 },
+            };
+            const char *values[3];
+            apr_size_t lengths[3];
+            int k;
 
-            aoai_usage_estimate_request(cases[i].body, n, &estimate);
-            ok(estimate.asked == cases[i].asked
-               && estimate.prompt == (apr_int64_t)(n / 4) + 1
-               && aoai_usage_estimate(cases[i].body, n)
-                  == estimate.prompt + cases[i].asked,
+            aoai_json_top_level_fields(cases[i].body, strlen(cases[i].body),
+                                       fields, 3);
+            for (k = 0; k < 3; k++) {
+                values[k] = fields[k].value;
+                lengths[k] = fields[k].value_length;
+            }
+            ok(aoai_usage_asked(values, lengths) == cases[i].asked,
                apr_psprintf(pool, "estimate: %s", cases[i].desc));
         }
+        ok(aoai_usage_prompt_estimate(1039) == 260,
+           "the prompt: a token per four bytes of the body, and one");
     }
 
     ok(aoai_usage_bound("16", 2) == 16 && aoai_usage_bound("0", 1) == 0
