@@ -27,7 +27,7 @@
  *   request path  aoai_lbmethod, aoai_kept_body, aoai_realtime,
  *                 aoai_first_byte, aoai_metering, aoai_answers,
  *                 aoai_failover
- *   pages         aoai_history, aoai_status, aoai_metrics
+ *   pages         aoai_history, aoai_status, aoai_metrics, aoai_page
  */
 
 #include "aoai_balancers.h"
@@ -44,6 +44,7 @@
 #include "aoai_metrics.h"
 #include "aoai_objects.h"
 #include "aoai_operations.h"
+#include "aoai_page.h"
 #include "aoai_realtime.h"
 #include "aoai_shared_cache.h"
 #include "aoai_status.h"
@@ -214,6 +215,7 @@ static void register_hooks(apr_pool_t *p)
     aoai_failover_register_hooks(p);
     aoai_status_register_hooks(p);
     aoai_metrics_register_hooks(p);
+    aoai_page_register_hooks(p);
     aoai_shared_cache_register_hooks(p);
 }
 

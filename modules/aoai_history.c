@@ -167,9 +167,10 @@ static void sample_member(proxy_balancer *balancer, proxy_worker *worker,
     now_seen[AOAI_HISTORY_THROTTLED_MS] = 0;
     since = (apr_time_t)apr_atomic_read64(&ring->sampled);
     for (kind = 0; kind < AOAI_HISTORY_KINDS; kind++) {
-        /* A table made anew (resized, or the module upgraded) starts its
-         * counters from 0 again. */
-        delta[kind] = !since ? 0 : now_seen[kind] >= ring->last[kind]
+        /* A ring first seen here is a member added since start-up, whose
+         * counters started at 0 (last is 0); a table made anew (resized,
+         * or the module upgraded) starts its counters from 0 again. */
+        delta[kind] = now_seen[kind] >= ring->last[kind]
                       ? now_seen[kind] - ring->last[kind] : now_seen[kind];
         ring->last[kind] = now_seen[kind];
     }
@@ -219,6 +220,36 @@ static apr_status_t sample_tick(int state, void *baton, apr_pool_t *pool)
 /* ------------------------------------------------------------------ */
 /* Start-up                                                             */
 
+/* A member's ring, new at this start, begins from its counters as they
+ * are: what they held before is not this hour's.  Rings kept over a
+ * graceful restart go on from their last sample. */
+static apr_status_t seed_balancer(server_rec *s, proxy_balancer *balancer,
+                                  void *baton)
+{
+    proxy_worker **workers = (proxy_worker **)balancer->workers->elts;
+    apr_time_t now = *(apr_time_t *)baton;
+    int i;
+
+    (void)s;
+    for (i = 0; i < balancer->workers->nelts; i++) {
+        aoai_history_ring *ring = find_ring(balancer->s->name,
+                                            workers[i]->s->name_ex, 1);
+        aoai_member_stats stats;
+
+        if (!ring || ring->sampled
+            || !aoai_table_stats(aoai_table_member(balancer, workers[i]),
+                                 &stats)) {
+            continue;
+        }
+        ring->last[AOAI_HISTORY_REQUESTS] = stats.counters[AOAI_COUNT_REQUESTS];
+        ring->last[AOAI_HISTORY_429S] = stats.counters[AOAI_COUNT_THROTTLED];
+        ring->last[AOAI_HISTORY_TOKENS] =
+            stats.counters[AOAI_COUNT_TOTAL_TOKENS];
+        ring->sampled = (apr_uint64_t)now;
+    }
+    return APR_SUCCESS;
+}
+
 static apr_status_t make_rings(server_rec *s, apr_uint32_t count)
 {
     apr_size_t size = (apr_size_t)count * sizeof(aoai_history_ring);
@@ -265,6 +296,7 @@ int aoai_history_post_config(apr_pool_t *pconf, server_rec *s,
     const char *key = apr_psprintf(pconf, HISTORY_RETAINED,
                                    sizeof(aoai_history_ring));
     ap_watchdog_t *watchdog;
+    apr_time_t now;
     apr_status_t rv;
 
     apr_pool_cleanup_register(pconf, NULL, forget_history,
@@ -286,6 +318,8 @@ int aoai_history_post_config(apr_pool_t *pconf, server_rec *s,
         return OK;
     }
     history_server = s;
+    now = apr_time_now();
+    aoai_balancers_each(s, seed_balancer, &now);
     rv = get_instance(&watchdog, HISTORY_WATCHDOG, 0, 1, pconf);
     if (rv == APR_SUCCESS) {
         rv = register_task(watchdog, HISTORY_INTERVAL, NULL, sample_tick);
