@@ -278,6 +278,14 @@ static apr_status_t make_rings(server_rec *s, apr_uint32_t count)
     return APR_SUCCESS;
 }
 
+static apr_status_t count_members(server_rec *s, proxy_balancer *balancer,
+                                  void *baton)
+{
+    (void)s;
+    *(int *)baton += balancer->workers->nelts;
+    return APR_SUCCESS;
+}
+
 static apr_status_t forget_history(void *baton)
 {
     (void)baton;
@@ -298,9 +306,15 @@ int aoai_history_post_config(apr_pool_t *pconf, server_rec *s,
     ap_watchdog_t *watchdog;
     apr_time_t now;
     apr_status_t rv;
+    int members = 0;
 
     apr_pool_cleanup_register(pconf, NULL, forget_history,
                               apr_pool_cleanup_null);
+    /* No aoai balancer, nothing to chart: no thread waking every second. */
+    aoai_balancers_each(s, count_members, &members);
+    if (!members) {
+        return OK;
+    }
     if (!get_instance || !register_task) {
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, AOAI_LOGNO(151)
                      "mod_watchdog is not loaded: the balancer page shows "
