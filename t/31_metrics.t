@@ -42,12 +42,31 @@ my $mock = start_mock(members => [ { name => 'primary', quota => '100 100000',
                                      set => { limit_headers => 'on' } },
                                    { name => 'secondary' } ]);
 my %url = map { $_ => $mock->member_url($_) } qw(primary secondary);
-my $gw = start_gateway(conf => balancer_conf('aoai', members => [
+
+# A Realtime (WebSocket) member, from t/ws, when its node_modules are there.
+my $realtime = `which node` && -d "$TOP/t/ws/node_modules/ws";
+my ($rt_port, $rt_pid, $rt) = (free_port());
+if ($realtime) {
+    $rt_pid = open($rt, '-|', 'node', "$TOP/t/ws/member.mjs", "rt:$rt_port:rt-member-key")
+        or die "node: $!";
+    die "the Realtime member did not start" unless (<$rt> // '') =~ /ready/;
+    $ENV{AOAI_RT_KEY} = 'rt-member-key';
+}
+END { kill 'TERM', $rt_pid if $rt_pid }
+my $rt_conf = $realtime ? balancer_conf('rt', members => [
+        [ "http://127.0.0.1:$rt_port", route => 'rt' ] ],
+        inside => [ 'AOAIMemberCredential rt api-key env:AOAI_RT_KEY' ])
+    . "ProxyPass /rt/openai balancer://rt/openai\n" : '';
+
+my $gw = start_gateway(conf => $rt_conf . balancer_conf('aoai', members => [
         [ $url{primary}, lbset => 0, route => 'primary' ],
         [ $url{secondary}, lbset => 1, route => 'secondary', loadfactor => 50 ] ],
         inside => [ 'AOAIThrottleMax 60' ])
   . <<"EOF");
 <Location /openai>
+    AOAISubscriptionKeyFile $keyfile
+</Location>
+<Location /rt/openai>
     AOAISubscriptionKeyFile $keyfile
 </Location>
 ProxyPass /aoai-metrics !
@@ -182,6 +201,30 @@ is($member_prompt, $tokens{team_a}{prompt} + $tokens{team_b}{prompt},
    'prompt tokens over the members: what the answers said');
 unlike($m, qr/sk-metrics/, 'no caller key on the page');
 
+# --- Realtime sessions, open and in all -------------------------------------
+SKIP: {
+    skip 'node and t/ws/node_modules are needed (t/run installs them)', 4 unless $realtime;
+    (my $ws = $gw->url) =~ s/^http/ws/;
+    my $url = "$ws/rt/openai/realtime?api-version=2024-10-01-preview&deployment=gpt-4o-realtime";
+    # The session idles 3 s before it asks for its response.
+    my $client = open(my $out, '-|', 'node', "$TOP/t/ws/client.mjs", $url,
+                      $client_key{team_a}, 3000) or die "node: $!";
+    my $open;
+    eval { wait_until('the session to open', 10, sub {
+        ($open) = samples(scrape()->{content}, 'aoai_member_realtime_sessions_open',
+                          route => 'rt');
+        ($open // 0) == 1 }) };
+    is($open, 1, 'an open Realtime session is counted open on its member');
+    my $line = join '', <$out>;
+    close $out;
+    like($line, qr/"status":101/, 'the session ran') or diag $line;
+    my $after = scrape()->{content};
+    is(sample($after, 'aoai_member_realtime_sessions_open', route => 'rt'), 0,
+       'and no longer once it closed');
+    is(sample($after, 'aoai_member_realtime_sessions_total', route => 'rt'), 1,
+       'one session in all');
+}
+
 # --- promtool -------------------------------------------------------------
 my $tmp = tempdir('aoai-prom-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{AOAI_KEEP});
 {
@@ -246,5 +289,10 @@ is(join(',', map { $_->{metric}{route} } @{ $states || [] }), 'primary',
 kill 'TERM', $prom;
 waitpid $prom, 0;
 undef $prom;
+if ($rt_pid) {
+    kill 'TERM', $rt_pid;
+    close $rt;
+    undef $rt_pid;
+}
 $gw->stop;
 done_testing();
