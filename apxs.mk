@@ -34,7 +34,9 @@ SOURCES   = $(APR_ONLY) \
             modules/aoai_realtime.c \
             modules/aoai_first_byte.c modules/aoai_metering.c \
             modules/aoai_answers.c \
-            modules/aoai_failover.c modules/aoai_status.c \
+            modules/aoai_failover.c \
+            modules/aoai_history.c modules/aoai_status.c modules/aoai_metrics.c \
+            modules/aoai_page.c \
             mod_aoai_balancer.c
 HEADERS   = $(wildcard modules/*.h)
 MOCK_SRC  = t/mock/mod_aoai_mock.c t/mock/aoai_mock_settings.c \

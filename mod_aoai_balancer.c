@@ -27,7 +27,7 @@
  *   request path  aoai_lbmethod, aoai_kept_body, aoai_realtime,
  *                 aoai_first_byte, aoai_metering, aoai_answers,
  *                 aoai_failover
- *   pages         aoai_status
+ *   pages         aoai_history, aoai_status, aoai_metrics, aoai_page
  */
 
 #include "aoai_balancers.h"
@@ -37,11 +37,14 @@
 #include "aoai_first_byte.h"
 #include "aoai_front_door.h"
 #include "aoai_headroom.h"
+#include "aoai_history.h"
 #include "aoai_kept_body.h"
 #include "aoai_key_quota.h"
 #include "aoai_lbmethod.h"
+#include "aoai_metrics.h"
 #include "aoai_objects.h"
 #include "aoai_operations.h"
+#include "aoai_page.h"
 #include "aoai_realtime.h"
 #include "aoai_shared_cache.h"
 #include "aoai_status.h"
@@ -192,6 +195,7 @@ static int aoai_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         return !OK;
     }
     aoai_realtime_post_config(s);
+    aoai_history_post_config(pconf, s, conf->table_slots);
     return aoai_shared_cache_post_config(pconf, s, conf);
 }
 
@@ -215,6 +219,8 @@ static void register_hooks(apr_pool_t *p)
     aoai_realtime_register_hooks(p);
     aoai_failover_register_hooks(p);
     aoai_status_register_hooks(p);
+    aoai_metrics_register_hooks(p);
+    aoai_page_register_hooks(p);
     aoai_shared_cache_register_hooks(p);
 }
 

@@ -44,25 +44,6 @@ APLOG_USE_MODULE(aoai_balancer);
 /* ------------------------------------------------------------------ */
 /* One snapshot, three renderings                                      */
 
-typedef struct {
-    const char *label;
-    aoai_member_stats stats;
-} aoai_key_view;
-
-typedef struct {
-    proxy_balancer *balancer;
-    proxy_worker *worker;
-    const char *state;
-    aoai_member_stats stats;
-    apr_array_header_t *keys;      /* aoai_key_view */
-} aoai_member_view;
-
-typedef struct {
-    apr_pool_t *pool;
-    apr_time_t now;
-    apr_array_header_t *members;   /* aoai_member_view */
-} aoai_snapshot;
-
 static const char *member_state(const proxy_worker *worker, apr_time_t now,
                                 const aoai_member_stats *stats)
 {
@@ -84,6 +65,32 @@ static const char *member_state(const proxy_worker *worker, apr_time_t now,
         return "draining";
     }
     return "ok";
+}
+
+/* The member as the balancer page and the metrics name it: "ok" split
+ * into serving and headroom-low, the latter when its last figures leave
+ * it less than a tenth of its limit (the floor itself is per location,
+ * AOAIHeadroomFloor, which a page for the whole server cannot pick).
+ * Figures of a window that began over a minute ago (the longest default
+ * AOAIHeadroomWindow) are taken to have refilled. */
+const char *aoai_status_state(const aoai_member_view *view, apr_time_t now)
+{
+    int kind;
+
+    if (strcmp(view->state, "ok")) {
+        return view->state;
+    }
+    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+        apr_int64_t left = view->stats.headroom_remaining[kind];
+        apr_int64_t limit = view->stats.headroom_limit[kind];
+
+        if (left >= 0 && limit > 0 && left * 10 < limit
+            && now - view->stats.headroom_window_start[kind]
+               < apr_time_from_sec(60)) {
+            return "headroom-low";
+        }
+    }
+    return "serving";
 }
 
 static void collect_key(const char *label, const aoai_member_stats *stats,
@@ -125,7 +132,7 @@ static apr_status_t collect_balancer(server_rec *s, proxy_balancer *balancer,
     return APR_SUCCESS;
 }
 
-static aoai_snapshot *take_snapshot(request_rec *r)
+aoai_snapshot *aoai_status_snapshot(request_rec *r)
 {
     aoai_snapshot *snapshot = apr_pcalloc(r->pool, sizeof(*snapshot));
 
@@ -136,7 +143,7 @@ static aoai_snapshot *take_snapshot(request_rec *r)
     return snapshot;
 }
 
-static const char *iso_time(apr_pool_t *pool, apr_time_t t)
+const char *aoai_status_iso_time(apr_pool_t *pool, apr_time_t t)
 {
     apr_time_exp_t tm;
 
@@ -146,14 +153,14 @@ static const char *iso_time(apr_pool_t *pool, apr_time_t t)
                         tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_usec / 1000);
 }
 
-static apr_int64_t window_left_ms(const aoai_member_view *view,
-                                  apr_time_t now)
+apr_int64_t aoai_status_window_left_ms(const aoai_member_view *view,
+                                       apr_time_t now)
 {
     apr_interval_time_t left = view->stats.throttle_until - now;
     return left > 0 ? (left + 999) / 1000 : 0;
 }
 
-static double weight(const proxy_worker *worker)
+double aoai_status_weight(const proxy_worker *worker)
 {
     return (double)worker->s->lbfactor / 100.0;
 }
@@ -181,7 +188,7 @@ static void cache_html(request_rec *r, apr_time_t now)
               cache.reachable ? ", reachable" : ", <b>unreachable</b>", NULL);
     if (cache.last_sync) {
         ap_rprintf(r, ", last synced %s (%" APR_INT64_T_FMT " ms ago)",
-                   iso_time(r->pool, cache.last_sync),
+                   aoai_status_iso_time(r->pool, cache.last_sync),
                    sync_age_ms(&cache, now));
     }
     ap_rprintf(r, "; %" APR_UINT64_T_FMT " syncs, %" APR_UINT64_T_FMT
@@ -224,11 +231,11 @@ static void member_row_html(request_rec *r, const aoai_member_view *view,
               ap_escape_html(r->pool, view->worker->s->name_ex), "</td><td>",
               ap_escape_html(r->pool, view->worker->s->route), "</td>", NULL);
     ap_rprintf(r, "<td>%d</td><td>%.2f</td><td>", view->worker->s->lbset,
-               weight(view->worker));
+               aoai_status_weight(view->worker));
     if (!strcmp(view->state, "throttled")) {
         ap_rprintf(r, "throttled until %s (%" APR_INT64_T_FMT " ms)",
-                   iso_time(r->pool, view->stats.throttle_until),
-                   window_left_ms(view, now));
+                   aoai_status_iso_time(r->pool, view->stats.throttle_until),
+                   aoai_status_window_left_ms(view, now));
     }
     else {
         ap_rputs(view->state, r);
@@ -240,12 +247,14 @@ static void member_row_html(request_rec *r, const aoai_member_view *view,
     if (view->stats.last_throttled) {
         ap_rprintf(r, "%" APR_UINT64_T_FMT " ms at %s",
                    c[AOAI_COUNT_LAST_WINDOW_MS],
-                   iso_time(r->pool, view->stats.last_throttled));
+                   aoai_status_iso_time(r->pool, view->stats.last_throttled));
     }
     ap_rprintf(r, "</td><td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
-               "</td><td>%" APR_UINT64_T_FMT "</td></tr>\n",
+               "</td><td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+               " of %" APR_UINT64_T_FMT "</td></tr>\n",
                c[AOAI_COUNT_PROMPT_TOKENS], c[AOAI_COUNT_COMPLETION_TOKENS],
-               c[AOAI_COUNT_TOTAL_TOKENS]);
+               c[AOAI_COUNT_TOTAL_TOKENS], c[AOAI_COUNT_SESSIONS_OPEN],
+               c[AOAI_COUNT_SESSIONS]);
 }
 
 static void keys_html(request_rec *r, const aoai_snapshot *snapshot)
@@ -303,8 +312,8 @@ static void status_html(request_rec *r, const aoai_snapshot *snapshot)
                       "<th>State</th><th>Requests</th><th>Served</th>"
                       "<th>429s</th><th>Failovers out</th>"
                       "<th>Last Retry-After</th><th>Prompt tokens</th>"
-                      "<th>Completion tokens</th><th>Total tokens</th></tr>\n",
-                      NULL);
+                      "<th>Completion tokens</th><th>Total tokens</th>"
+                      "<th>Realtime sessions open</th></tr>\n", NULL);
         }
         member_row_html(r, &views[i], snapshot->now);
         keys += views[i].keys->nelts;
@@ -340,16 +349,20 @@ static void status_auto(request_rec *r, const aoai_snapshot *snapshot)
                    " last_retry_after_ms=%" APR_UINT64_T_FMT
                    " prompt_tokens=%" APR_UINT64_T_FMT
                    " completion_tokens=%" APR_UINT64_T_FMT
-                   " total_tokens=%" APR_UINT64_T_FMT "\n",
+                   " total_tokens=%" APR_UINT64_T_FMT
+                   " sessions=%" APR_UINT64_T_FMT
+                   " sessions_open=%" APR_UINT64_T_FMT "\n",
                    view->balancer->s->name, view->worker->s->name_ex,
                    *view->worker->s->route ? view->worker->s->route : "-",
-                   view->worker->s->lbset, weight(view->worker), view->state,
-                   window_left_ms(view, snapshot->now),
+                   view->worker->s->lbset, aoai_status_weight(view->worker),
+                   view->state,
+                   aoai_status_window_left_ms(view, snapshot->now),
                    c[AOAI_COUNT_REQUESTS], c[AOAI_COUNT_SERVED],
                    c[AOAI_COUNT_THROTTLED], c[AOAI_COUNT_FAILOVERS],
                    c[AOAI_COUNT_LAST_WINDOW_MS], c[AOAI_COUNT_PROMPT_TOKENS],
                    c[AOAI_COUNT_COMPLETION_TOKENS],
-                   c[AOAI_COUNT_TOTAL_TOKENS]);
+                   c[AOAI_COUNT_TOTAL_TOKENS], c[AOAI_COUNT_SESSIONS],
+                   c[AOAI_COUNT_SESSIONS_OPEN]);
         for (k = 0; k < view->keys->nelts; k++, key++) {
             const apr_uint64_t *kc = key->stats.counters;
             ap_rprintf(r, "AOAIKeyTokens: balancer=%s member=%s key=%s "
@@ -372,7 +385,7 @@ static int aoai_status_hook(request_rec *r, int flags)
     if (!(flags & AP_STATUS_EXTENDED)) {
         return OK;
     }
-    snapshot = take_snapshot(r);
+    snapshot = aoai_status_snapshot(r);
     if (!snapshot->members->nelts) {
         return OK;
     }
@@ -413,7 +426,7 @@ static json_t *headroom_json(apr_pool_t *pool, const aoai_member_stats *stats)
                         "remaining",
                         (json_int_t)stats->headroom_remaining[kind],
                         "limit", (json_int_t)stats->headroom_limit[kind],
-                        "window_start", iso_time(pool,
+                        "window_start", aoai_status_iso_time(pool,
                             stats->headroom_window_start[kind])));
     }
     return headroom;
@@ -438,10 +451,10 @@ static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
         "name", view->worker->s->name_ex,
         "route", view->worker->s->route,
         "priority", view->worker->s->lbset,
-        "weight", weight(view->worker),
+        "weight", aoai_status_weight(view->worker),
         "state", view->state,
         "flags", ap_proxy_parse_wstatus(pool, view->worker),
-        "throttled_for_ms", (json_int_t)window_left_ms(view, now),
+        "throttled_for_ms", (json_int_t)aoai_status_window_left_ms(view, now),
         "requests", (json_int_t)c[AOAI_COUNT_REQUESTS],
         "served", (json_int_t)c[AOAI_COUNT_SERVED],
         "throttled", (json_int_t)c[AOAI_COUNT_THROTTLED],
@@ -450,15 +463,18 @@ static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
         "keys", keys);
     json_object_set_new(member, "headroom", headroom_json(pool,
                                                           &view->stats));
+    json_object_set_new(member, "sessions", json_pack("{s:I,s:I}",
+        "open", (json_int_t)c[AOAI_COUNT_SESSIONS_OPEN],
+        "total", (json_int_t)c[AOAI_COUNT_SESSIONS]));
     if (view->stats.throttle_until > now) {
         json_object_set_new(member, "throttled_until", json_string(
-            iso_time(pool, view->stats.throttle_until)));
+            aoai_status_iso_time(pool, view->stats.throttle_until)));
     }
     if (view->stats.last_throttled) {
         json_object_set_new(member, "last_retry_after_ms", json_integer(
             (json_int_t)c[AOAI_COUNT_LAST_WINDOW_MS]));
         json_object_set_new(member, "last_throttled", json_string(
-            iso_time(pool, view->stats.last_throttled)));
+            aoai_status_iso_time(pool, view->stats.last_throttled)));
     }
     return member;
 }
@@ -476,7 +492,7 @@ static json_t *cache_json(apr_pool_t *pool, apr_time_t now)
         "provider", cache.provider,
         "reachable", cache.reachable,
         "last_sync", cache.last_sync
-                     ? json_string(iso_time(pool, cache.last_sync))
+                     ? json_string(aoai_status_iso_time(pool, cache.last_sync))
                      : json_null(),
         "last_sync_age_ms", cache.last_sync
                             ? json_integer(sync_age_ms(&cache, now))
@@ -505,7 +521,7 @@ static int status_handler(request_rec *r)
     if (r->method_number != M_GET) {
         return HTTP_METHOD_NOT_ALLOWED;
     }
-    snapshot = take_snapshot(r);
+    snapshot = aoai_status_snapshot(r);
     views = (const aoai_member_view *)snapshot->members->elts;
     balancers = json_array();
     for (i = 0; i < snapshot->members->nelts; i++) {
@@ -519,7 +535,7 @@ static int status_handler(request_rec *r)
                                                    snapshot->now));
     }
     root = aoai_json_own(r->pool, json_pack(
-        "{s:s,s:o,s:o}", "time", iso_time(r->pool, snapshot->now),
+        "{s:s,s:o,s:o}", "time", aoai_status_iso_time(r->pool, snapshot->now),
         "balancers", balancers,
         "shared_cache", cache_json(r->pool, snapshot->now)));
     text = aoai_json_text(r->pool, root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);

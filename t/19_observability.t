@@ -209,7 +209,7 @@ like($html, qr{<td>\Q$url{primary}\E</td><td>primary</td><td>0</td><td>1\.00</td
 like($html, qr{<td>team_a</td><td>balancer://aoai</td><td>\Q$url{primary}\E</td>},
      'server-status: tokens by subscription key');
 my $auto = page('/server-status?auto')->{content};
-like($auto, qr{^AOAIMember: balancer=balancer://aoai member=\Q$url{primary}\E route=primary priority=0 weight=1\.00 state=throttled throttled_for_ms=\d+ requests=9 served=8 throttled=1 failovers=1 last_retry_after_ms=3000 prompt_tokens=\d+ completion_tokens=\d+ total_tokens=$primary->{tokens}{total}$}m,
+like($auto, qr{^AOAIMember: balancer=balancer://aoai member=\Q$url{primary}\E route=primary priority=0 weight=1\.00 state=throttled throttled_for_ms=\d+ requests=9 served=8 throttled=1 failovers=1 last_retry_after_ms=3000 prompt_tokens=\d+ completion_tokens=\d+ total_tokens=$primary->{tokens}{total} sessions=0 sessions_open=0$}m,
      'server-status?auto: a machine-readable line per member');
 like($auto, qr{^AOAIKeyTokens: balancer=balancer://aoai member=\Q$url{primary}\E key=team_b served=$by_key{team_b}{served} prompt_tokens=$by_key{team_b}{prompt_tokens} completion_tokens=$by_key{team_b}{completion_tokens} total_tokens=$by_key{team_b}{total_tokens}$}m,
      'server-status?auto: a line per key and member');
