@@ -109,8 +109,11 @@ typedef enum {
 } aoai_outcome;
 
 /* finish_attempt() and start_attempt() say "go on with the next member"
- * with this; any other value is the handler's result. */
-#define AOAI_NEXT_MEMBER (-1)
+ * with this; any other value is the handler's result, DECLINED "no member
+ * is left".  Unlike any status or hook result httpd has (DECLINED is -1,
+ * DONE -2, SUSPENDED -3): when it was DECLINED's -1, a start_attempt()
+ * that found every member in error went round again, without end. */
+#define AOAI_NEXT_MEMBER (-100)
 
 /* ------------------------------------------------------------------ */
 /* The answer, at its first brigade                                     */

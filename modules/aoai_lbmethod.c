@@ -276,7 +276,8 @@ int aoai_lbmethod_is_candidate(proxy_worker *worker, aoai_call *call,
                                apr_time_t now)
 {
     if (worker->s->status & (PROXY_WORKER_DISABLED | PROXY_WORKER_STOPPED
-                             | PROXY_WORKER_IN_SHUTDOWN)) {
+                             | PROXY_WORKER_IN_SHUTDOWN
+                             | PROXY_WORKER_HC_FAIL)) {
         return 0;
     }
     if (PROXY_WORKER_IS_DRAINING(worker)) {
