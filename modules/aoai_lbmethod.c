@@ -256,7 +256,7 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
         }
         if (aoai_headroom_take(aoai_table_member(balancer, worker),
                                pick.call->conf, pick.call->token_estimate,
-                               pick.now, pick.avoid_low)) {
+                               r->request_time, pick.now, pick.avoid_low)) {
             pick.call->picks.headroom_passed_over = pick.passed_over;
             return worker;
         }

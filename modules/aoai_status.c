@@ -22,6 +22,7 @@
 
 #include "aoai_status.h"
 #include "aoai_balancers.h"
+#include "aoai_headroom.h"
 #include "aoai_json.h"
 #include "aoai_shared_cache.h"
 #include "aoai_table.h"
@@ -449,6 +450,9 @@ static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
         "tokens", tokens_json(c),
         "keys", keys);
     json_object_set_new(member, "headroom", headroom_json(pool,
+                                                          &view->stats));
+    /* issue 19: each kind's learned window (aoai_headroom.c) */
+    json_object_set_new(member, "windows", aoai_headroom_windows_json(pool,
                                                           &view->stats));
     if (view->stats.throttle_until > now) {
         json_object_set_new(member, "throttled_until", json_string(

@@ -61,9 +61,10 @@ void aoai_throttle_note(request_rec *r, aoai_call *call)
     if (window > conf->throttle_max) {
         window = conf->throttle_max;
     }
-    /* The window says when the member is back; its remaining figures
-     * (0 on a 429) must not keep it away for longer. */
-    aoai_headroom_forget(slot);
+    /* The window says when the member is back; an exact one is the end
+     * of the member's quota window too (aoai_learn.c). */
+    aoai_headroom_throttled(r, slot, conf, call->token_estimate,
+                            source == AOAI_WINDOW_FOUND, now + window, now);
     if (aoai_table_raise_window(slot, now + window)) {
         /* Only a window that moved is news to the other gateways. */
         aoai_shared_cache_publish(r, call->balancer, worker, now + window);

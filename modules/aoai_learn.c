@@ -1,0 +1,288 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); see
+ * LICENSE in the project root.
+ *
+ * Learned windows: when a member that has run out is back.
+ *
+ * A member's remaining figure says how much of its window is left, not
+ * when the window ends, and windows differ: Azure's open at the first call
+ * after the last one ended, other services' are fixed to the clock, and
+ * their lengths are the deployment's, not ours to assume.  So each
+ * member's window of each kind (requests, tokens) is learned from what
+ * the member says:
+ *   - a 429's retry-after-ms (or Retry-After) is the exact end of the
+ *     window it is in; that end less the window's start is its length;
+ *   - x-ratelimit-reset-* on an answer is the end as well;
+ *   - a remaining figure that jumps back up says a new window began with
+ *     the call it answers;
+ *   - x-ratelimit-limit-* (or the largest figure plus the call's cost)
+ *     is what a new window holds.
+ * Once a window's end is known the member is refilled the moment it comes
+ * and the next window is taken to last the learned length.  While the end
+ * is not known, AOAIHeadroomWindow is the first guess, and a member that
+ * has run out is probed by one call at a time: its 429 teaches the end,
+ * its 200 that a window began.  AOAIHeadroomWindow given explicitly is an
+ * override: windows of that kind last that long, whatever is learned.
+ *
+ * Never worse than reactive: where the figures disagree with the model (a
+ * 429 while they said there was room, figures that do not go back up when
+ * a window was over) the kind falls back, and the member is steered for
+ * it by 429s alone, at worst one per window.
+ *
+ * Every field is in the member's shared slot, read and written with
+ * atomics, so every child learns from every answer and a graceful restart
+ * keeps what was learned.
+ */
+
+#include "aoai_learn.h"
+
+#include "apr_atomic.h"
+
+/* A lost probe (its answer never came) is retried after this. */
+#define AOAI_PROBE_GAP apr_time_from_sec(1)
+/* A learned window is taken to end a little late rather than early: a
+ * call sent a moment before the member's window reopens costs a 429. */
+#define AOAI_LATE_MAX apr_time_from_msec(50)
+
+static apr_int64_t read_signed(volatile apr_uint64_t *word)
+{
+    return (apr_int64_t)apr_atomic_read64(word);
+}
+
+static void set_signed(volatile apr_uint64_t *word, apr_int64_t value)
+{
+    apr_atomic_set64(word, (apr_uint64_t)value);
+}
+
+static int overridden(const aoai_dir_conf *conf, int kind)
+{
+    return (conf->headroom_window_set >> kind) & 1;
+}
+
+static apr_interval_time_t late_margin(apr_interval_time_t length)
+{
+    return length / 100 < AOAI_LATE_MAX ? length / 100 : AOAI_LATE_MAX;
+}
+
+/* Raise-only, for what only grows (the full window, the length). */
+static void raise_to(volatile apr_uint64_t *word, apr_int64_t value)
+{
+    for (;;) {
+        apr_uint64_t seen = apr_atomic_read64(word);
+        if ((apr_int64_t)seen >= value
+            || apr_atomic_cas64(word, (apr_uint64_t)value, seen) == seen) {
+            return;
+        }
+    }
+}
+
+int aoai_learn_steers(aoai_headroom_shared *h)
+{
+    return read_signed(&h->reported) >= 0
+           && apr_atomic_read32(&h->fallback) == AOAI_FALLBACK_NONE;
+}
+
+apr_time_t aoai_learn_window_end(aoai_headroom_shared *h,
+                                 const aoai_dir_conf *conf, int kind)
+{
+    apr_time_t end = read_signed(&h->window_end);
+
+    return end ? end : read_signed(&h->window_start)
+                       + conf->headroom_window[kind];
+}
+
+int aoai_learn_end_known(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                         int kind)
+{
+    return apr_atomic_read64(&h->window_end) || overridden(conf, kind);
+}
+
+void aoai_learn_refill(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                       int kind, apr_time_t sent, apr_time_t now)
+{
+    apr_uint64_t start = apr_atomic_read64(&h->window_start);
+    apr_interval_time_t length = read_signed(&h->length);
+    apr_int64_t full = read_signed(&h->full);
+    int learned = length && !overridden(conf, kind);
+
+    if (now < aoai_learn_window_end(h, conf, kind)) {
+        return;
+    }
+    /* The window starts with this call: answers to calls that came in
+     * before it carry the last window's figures. */
+    if (sent <= (apr_time_t)start) {
+        sent = (apr_time_t)start + 1;
+    }
+    /* One call opens the next window; others racing it join it. */
+    if (apr_atomic_cas64(&h->window_start, (apr_uint64_t)sent, start)
+        != start) {
+        return;
+    }
+    set_signed(&h->previous_start, (apr_int64_t)start);
+    /* Its first answer must show the figure went back up. */
+    set_signed(&h->before_refill, read_signed(&h->reported));
+    set_signed(&h->window_end, learned ? now + length + late_margin(length)
+                                       : 0);
+    if (learned) {
+        apr_atomic_set32(&h->learned_from, AOAI_LEARNED_LENGTH);
+    }
+    set_signed(&h->estimate, full > 0 ? full : read_signed(&h->limit));
+}
+
+int aoai_learn_probe_free(aoai_headroom_shared *h, apr_time_t now)
+{
+    return now >= read_signed(&h->probe_at) + AOAI_PROBE_GAP;
+}
+
+int aoai_learn_claim_probe(aoai_headroom_shared *h, apr_time_t now)
+{
+    apr_uint64_t seen = apr_atomic_read64(&h->probe_at);
+
+    if (now < (apr_time_t)seen + AOAI_PROBE_GAP
+        || apr_atomic_cas64(&h->probe_at, (apr_uint64_t)now, seen) != seen) {
+        return 0;
+    }
+    set_signed(&h->before_refill, read_signed(&h->reported));
+    return 1;
+}
+
+void aoai_learn_fall_back(aoai_headroom_shared *h, aoai_fallback why)
+{
+    apr_atomic_cas32(&h->fallback, why, AOAI_FALLBACK_NONE);
+}
+
+/* What a new window holds, and the largest figure (the status's limit). */
+static void note_capacity(aoai_headroom_shared *h, const aoai_learn_figure *f)
+{
+    raise_to(&h->full, f->limit >= 0 ? f->limit : f->remaining + f->cost);
+    raise_to(&h->limit, f->limit >= 0 ? f->limit : f->remaining);
+}
+
+static void note_reset(aoai_headroom_shared *h, const aoai_learn_figure *f,
+                       apr_time_t now)
+{
+    if (f->reset >= 0) {
+        set_signed(&h->window_end, now + f->reset);
+        apr_atomic_set32(&h->learned_from, AOAI_LEARNED_RESET_HEADER);
+    }
+}
+
+/* A figure this far above the last one is a new window, not answers
+ * overtaking each other inside one. */
+static int went_back_up(aoai_headroom_shared *h, apr_int64_t figure,
+                        apr_int64_t previous)
+{
+    apr_int64_t full = read_signed(&h->full);
+    apr_int64_t jump = full / 2 > 2 ? full / 2 : 2;
+
+    return figure > read_signed(&h->estimate) && figure >= previous + jump;
+}
+
+/* The figure says a window began with the call it answers. */
+static void new_window_seen(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                            int kind, const aoai_learn_figure *f)
+{
+    apr_interval_time_t length = read_signed(&h->length);
+
+    set_signed(&h->previous_start, read_signed(&h->window_start));
+    set_signed(&h->window_start, f->sent);
+    set_signed(&h->estimate, f->remaining);
+    if (f->reset < 0) {
+        set_signed(&h->window_end, (length && !overridden(conf, kind))
+                                   ? f->sent + length + late_margin(length)
+                                   : 0);
+        apr_atomic_set32(&h->learned_from, AOAI_LEARNED_FIGURES);
+    }
+}
+
+aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
+                                     const aoai_dir_conf *conf, int kind,
+                                     const aoai_learn_figure *f,
+                                     apr_int64_t floor, apr_time_t now)
+{
+    apr_int64_t previous = read_signed(&h->reported), pending;
+
+    note_capacity(h, f);
+    set_signed(&h->reported, f->remaining);
+    if (previous < 0) {
+        /* The first figure since nothing was known opens a window. */
+        set_signed(&h->window_start, f->sent);
+        set_signed(&h->estimate, f->remaining);
+        note_reset(h, f, now);
+        return AOAI_FALLBACK_NONE;
+    }
+    if (f->sent < read_signed(&h->window_start)) {
+        /* It answers a call of the window before: its figure is old. */
+        return AOAI_FALLBACK_NONE;
+    }
+    note_reset(h, f, now);
+    pending = (apr_int64_t)apr_atomic_xchg64(&h->before_refill,
+                                            (apr_uint64_t)-1);
+    if (pending >= 0 && f->remaining <= pending
+        && pending - f->cost + 1 <= floor) {
+        /* The window was over (or the member took a call it had no room
+         * for), yet the figure did not go up: it means nothing. */
+        aoai_learn_fall_back(h, AOAI_FALLBACK_NO_REFILL);
+        return AOAI_FALLBACK_NO_REFILL;
+    }
+    if (went_back_up(h, f->remaining, previous)) {
+        new_window_seen(h, conf, kind, f);
+        return AOAI_FALLBACK_NONE;
+    }
+    /* Inside a window the estimate only goes down: answers overtake each
+     * other, and a figure does not count the calls sent since. */
+    for (;;) {
+        apr_uint64_t estimate = apr_atomic_read64(&h->estimate);
+        if ((apr_int64_t)estimate <= f->remaining
+            || apr_atomic_cas64(&h->estimate, (apr_uint64_t)f->remaining,
+                                estimate) == estimate) {
+            return AOAI_FALLBACK_NONE;
+        }
+    }
+}
+
+int aoai_learn_note_429(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                        int kind, apr_int64_t remaining_429,
+                        apr_int64_t cost, apr_time_t end, apr_time_t now)
+{
+    apr_int64_t pending = (apr_int64_t)apr_atomic_xchg64(&h->before_refill,
+                                                         (apr_uint64_t)-1);
+    /* The estimate has this call's cost taken off already. */
+    int ran_out = remaining_429 >= 0 ? remaining_429 < cost
+                  : read_signed(&h->estimate) < 0;
+    /* The model refilled the member and nothing since said otherwise:
+     * the window it took as over was not, and is longer than learned. */
+    int refilled_early = !ran_out && pending >= 0;
+    apr_time_t start = read_signed(refilled_early ? &h->previous_start
+                                                  : &h->window_start);
+
+    if (!ran_out && !refilled_early) {
+        return 0;
+    }
+    if (!overridden(conf, kind) && start > 0 && end > start && start <= now) {
+        raise_to(&h->length, end - start);
+    }
+    set_signed(&h->window_end, end);
+    set_signed(&h->estimate, 0);
+    apr_atomic_set32(&h->learned_from, AOAI_LEARNED_429);
+    return 1;
+}
+
+const char *aoai_learn_source_name(int learned_from)
+{
+    switch (learned_from) {
+    case AOAI_LEARNED_429:          return "429";
+    case AOAI_LEARNED_RESET_HEADER: return "reset-header";
+    case AOAI_LEARNED_FIGURES:      return "figures";
+    case AOAI_LEARNED_LENGTH:       return "length";
+    default:                        return NULL;
+    }
+}
+
+const char *aoai_learn_fallback_name(int fallback)
+{
+    switch (fallback) {
+    case AOAI_FALLBACK_429_WITH_ROOM: return "429-while-figures-said-room";
+    case AOAI_FALLBACK_NO_REFILL:     return "figures-did-not-go-back-up";
+    default:                          return NULL;
+    }
+}
