@@ -136,8 +136,7 @@ void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
  * Without it, nothing is known of the member's headroom until it answers
  * again. */
 void aoai_headroom_throttled(request_rec *r, aoai_member_slot *slot,
-                             const aoai_dir_conf *conf,
-                             apr_int64_t token_estimate, int exact,
+                             const aoai_dir_conf *conf, int exact,
                              apr_time_t end, apr_time_t now)
 {
     aoai_headroom_shared *headroom = aoai_table_headroom(slot);
@@ -154,9 +153,7 @@ void aoai_headroom_throttled(request_rec *r, aoai_member_slot *slot,
             continue;
         }
         modelled |= 1 << kind;
-        explained |= aoai_learn_note_429(h, conf, kind,
-                         header_figure(r, remaining_header[kind]),
-                         cost(kind, token_estimate), end, now) << kind;
+        explained |= aoai_learn_note_429(h, conf, kind, end, now) << kind;
     }
     if (!modelled || explained) {
         return;

@@ -25,8 +25,7 @@ void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
 /* A throttle window until end was opened by the answer in r; exact when
  * the member named it (retry-after-ms, Retry-After, x-ratelimit-reset-*). */
 void aoai_headroom_throttled(request_rec *r, aoai_member_slot *slot,
-                             const aoai_dir_conf *conf,
-                             apr_int64_t token_estimate, int exact,
+                             const aoai_dir_conf *conf, int exact,
                              apr_time_t end, apr_time_t now);
 /* Whether the call would leave the member below its floor. */
 int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,

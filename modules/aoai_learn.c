@@ -217,6 +217,11 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
     note_reset(h, f, now);
     pending = (apr_int64_t)apr_atomic_xchg64(&h->before_refill,
                                             (apr_uint64_t)-1);
+    if (pending >= 0) {
+        /* The probe, or the first call of a refilled window, is answered:
+         * the next member that runs out may be probed at once. */
+        apr_atomic_set64(&h->probe_at, 0);
+    }
     if (pending >= 0 && f->remaining <= pending
         && pending - f->cost + 1 <= floor) {
         /* The window was over (or the member took a call it had no room
@@ -241,20 +246,23 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
 }
 
 int aoai_learn_note_429(aoai_headroom_shared *h, const aoai_dir_conf *conf,
-                        int kind, apr_int64_t remaining_429,
-                        apr_int64_t cost, apr_time_t end, apr_time_t now)
+                        int kind, apr_time_t end, apr_time_t now)
 {
     apr_int64_t pending = (apr_int64_t)apr_atomic_xchg64(&h->before_refill,
                                                          (apr_uint64_t)-1);
-    /* The estimate has this call's cost taken off already. */
-    int ran_out = remaining_429 >= 0 ? remaining_429 < cost
-                  : read_signed(&h->estimate) < 0;
+    /* What the model expected, not the 429's own figures (0, or tokens
+     * still left, as Azure sends): the estimate, this call's cost taken
+     * off already, went below nothing. */
+    int ran_out = read_signed(&h->estimate) < 0;
     /* The model refilled the member and nothing since said otherwise:
      * the window it took as over was not, and is longer than learned. */
     int refilled_early = !ran_out && pending >= 0;
     apr_time_t start = read_signed(refilled_early ? &h->previous_start
                                                   : &h->window_start);
 
+    if (pending >= 0) {
+        apr_atomic_set64(&h->probe_at, 0);
+    }
     if (!ran_out && !refilled_early) {
         return 0;
     }

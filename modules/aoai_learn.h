@@ -49,12 +49,10 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
                                      const aoai_dir_conf *conf, int kind,
                                      const aoai_learn_figure *f,
                                      apr_int64_t floor, apr_time_t now);
-/* A 429 whose window ends at end: 1 when this kind's figures explain it
- * (the window of this kind ends there, and was learned), else 0.
- * remaining_429 is the 429's own figure, or -1. */
+/* A 429 whose window ends at end: 1 when this kind's model explains it
+ * (the window of this kind ends there, and was learned), else 0. */
 int aoai_learn_note_429(aoai_headroom_shared *h, const aoai_dir_conf *conf,
-                        int kind, apr_int64_t remaining_429,
-                        apr_int64_t cost, apr_time_t end, apr_time_t now);
+                        int kind, apr_time_t end, apr_time_t now);
 /* The figures of this kind disagree with the model: from now on the
  * member is steered for this kind by 429s only. */
 void aoai_learn_fall_back(aoai_headroom_shared *h, aoai_fallback why);

@@ -63,8 +63,8 @@ void aoai_throttle_note(request_rec *r, aoai_call *call)
     }
     /* The window says when the member is back; an exact one is the end
      * of the member's quota window too (aoai_learn.c). */
-    aoai_headroom_throttled(r, slot, conf, call->token_estimate,
-                            source == AOAI_WINDOW_FOUND, now + window, now);
+    aoai_headroom_throttled(r, slot, conf, source == AOAI_WINDOW_FOUND,
+                            now + window, now);
     if (aoai_table_raise_window(slot, now + window)) {
         /* Only a window that moved is news to the other gateways. */
         aoai_shared_cache_publish(r, call->balancer, worker, now + window);
