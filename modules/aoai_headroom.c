@@ -179,9 +179,12 @@ static int kind_is_low(aoai_headroom_shared *h, const aoai_dir_conf *conf,
 {
     apr_int64_t floor;
 
-    if (!floor_of(conf, h, kind, &floor) || !aoai_learn_steers(h)
-        || now >= aoai_learn_window_end(h, conf, kind)
-        || (apr_int64_t)apr_atomic_read64(&h->estimate) - need + 1 > floor) {
+    /* Most members have room: that is one read, so it is asked first
+     * (the pick asks it of every member, issue 20). */
+    if (!floor_of(conf, h, kind, &floor)
+        || (apr_int64_t)apr_atomic_read64(&h->estimate) - need + 1 > floor
+        || !aoai_learn_steers(h)
+        || now >= aoai_learn_window_end(h, conf, kind)) {
         return 0;
     }
     return aoai_learn_end_known(h, conf, kind)
