@@ -59,9 +59,15 @@ int aoai_headroom_enabled(const aoai_dir_conf *conf)
            || !conf->headroom_floor[AOAI_HEADROOM_TOKENS].off;
 }
 
-static apr_int64_t cost(int kind, apr_int64_t token_estimate)
+/* What a call uses of a kind.  A provisioned member's figure is its
+ * capacity left in tenths of a percent, which a call's tokens cannot be
+ * set against: a call needs some of it left, and its answer says how
+ * much it took. */
+static apr_int64_t cost(aoai_headroom_shared *h, int kind,
+                        apr_int64_t token_estimate)
 {
-    return kind == AOAI_HEADROOM_REQUESTS ? 1 : token_estimate;
+    return kind == AOAI_HEADROOM_REQUESTS || apr_atomic_read32(&h->per_mille)
+           ? 1 : token_estimate;
 }
 
 static int floor_of(const aoai_dir_conf *conf, aoai_headroom_shared *h,
@@ -95,6 +101,25 @@ static apr_interval_time_t header_reset(request_rec *r, int kind)
                                    0, &reset) ? reset : -1;
 }
 
+/* A provisioned member sends azure-openai-deployment-utilization instead
+ * of x-ratelimit-*: what is left of its capacity is its tokens figure. */
+static int utilization_left(request_rec *r, aoai_headroom_shared *h,
+                            apr_int64_t *left)
+{
+    apr_int64_t used;
+
+    if (!aoai_ratelimit_utilization(apr_table_get(r->headers_out,
+                                    "azure-openai-deployment-utilization"),
+                                    &used)) {
+        return 0;
+    }
+    if (!apr_atomic_read32(&h->per_mille)) {
+        apr_atomic_set32(&h->per_mille, 1);
+    }
+    *left = 1000 - used;
+    return 1;
+}
+
 /* An answer came from the member: its figures feed the estimate and what
  * is learned of its windows. */
 void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
@@ -109,12 +134,16 @@ void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
         apr_int64_t floor = 0;
 
         f.remaining = header_figure(r, remaining_header[kind]);
+        f.limit = header_figure(r, limit_header[kind]);
+        if (f.remaining < 0 && kind == AOAI_HEADROOM_TOKENS
+            && utilization_left(r, &headroom[kind], &f.remaining)) {
+            f.limit = 1000;
+        }
         if (f.remaining < 0) {
             continue;
         }
-        f.limit = header_figure(r, limit_header[kind]);
         f.reset = header_reset(r, kind);
-        f.cost = cost(kind, call ? call->token_estimate : 0);
+        f.cost = cost(&headroom[kind], kind, call ? call->token_estimate : 0);
         f.sent = r->request_time;
         floor_of(conf, &headroom[kind], kind, &floor);
         if (aoai_learn_note_figure(&headroom[kind], conf, kind, &f, floor,
@@ -199,7 +228,7 @@ int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,
 
     for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
         if (kind_is_low(&headroom[kind], conf, kind,
-                        cost(kind, token_estimate), now)) {
+                        cost(&headroom[kind], kind, token_estimate), now)) {
             return 1;
         }
     }
@@ -242,7 +271,7 @@ int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
 
     for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
         aoai_headroom_shared *h = &headroom[kind];
-        apr_int64_t floor, need = cost(kind, token_estimate);
+        apr_int64_t floor, need = cost(h, kind, token_estimate);
 
         if (!floor_of(conf, h, kind, &floor) || !aoai_learn_steers(h)
             || !need) {

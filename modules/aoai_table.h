@@ -60,6 +60,10 @@ typedef struct {
     volatile apr_uint64_t probe_at;     /* apr_time_t of the last probe */
     volatile apr_uint32_t learned_from; /* aoai_learned_from */
     volatile apr_uint32_t fallback;     /* aoai_fallback; 0: none */
+    volatile apr_uint32_t per_mille;    /* tokens: the figures are a
+                                         * provisioned member's capacity
+                                         * left, in tenths of a percent */
+    volatile apr_uint32_t spare;
 } aoai_headroom_shared;
 
 /* What told the module where a member's window ends. */

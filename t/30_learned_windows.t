@@ -17,6 +17,7 @@
 #   - tokens: the call's estimate (prompt + max_tokens) against a token
 #     window, learned the same way;
 #   - windows fixed to the wall clock, with a phase of their own;
+#   - a provisioned member's azure-openai-deployment-utilization;
 #   - the status page shows each member's learned window.
 use strict;
 use warnings;
@@ -81,6 +82,7 @@ my $mock = start_mock(members => [
     { name => 'ptok', quota => '1000 2000 400', set => { quota_estimate => 'on' } }, { name => 'stok' },
     { name => 'pwall', quota => '4 1000', set => { window_mode => 'wall_clock', window_phase_ms => 370 } },
     { name => 'swall' },
+    { name => 'pptu', quota => '0 1500', set => { ptu_tokens => 300 } }, { name => 'sptu' },
 ]);
 
 # 1. A 429's retry-after-ms.
@@ -201,6 +203,29 @@ for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
     my @runs = runs_of('pwall', @calls);
     my @short = grep { $_->[1] < 4 } @runs[1 .. $#runs - 1];
     is_deeply(\@short, [], '  all 4 calls of every window served') or diag explain \@runs;
+    $gw->stop;
+}
+
+# 7. A provisioned member: azure-openai-deployment-utilization, no
+# x-ratelimit-*; it admits calls while below 100% of its 300 tokens per
+# 1.5 s and answers 429 at 100%.  The utilization is its headroom: the
+# member is left alone once it says 100%, back when its window reopens.
+{
+    my $gw = gateway($mock, '', qw(pptu sptu));
+    my @calls = drive($gw, 7, 0.03);
+    my $n429 = count_429($mock, 'pptu');
+    ok($n429 <= 1, "utilization: at most the one 429 that taught the window ($n429)");
+    my $cost = int(length(chat_body()) / 4) + 1 + 16;
+    my $fits = int((300 + $cost - 1) / $cost);
+    my @runs = runs_of('pptu', @calls);
+    ok(@runs >= 4, '  it served ' . scalar(@runs) . ' windows');
+    my @short = grep { $_->[1] < $fits } @runs[1 .. $#runs - 1];
+    is_deeply(\@short, [], "  the $fits calls of every window served, to 100%") or diag explain \@runs;
+    my @late = grep { $runs[$_][0] - $runs[$_ - 1][0] > 1.5 + 0.2 } 2 .. $#runs;
+    is_deeply(\@late, [], '  each window taken up when it reopened') or diag explain \@runs;
+    my $w = member_status($gw, 'aoai', 'pptu')->{windows}{tokens};
+    ok(abs(($w->{length_ms} // 0) - 1500) <= 60, '  the window learned: ' . ($w->{length_ms} // 'none') . ' ms');
+    is($w->{full}, 1000, '  its figure is the capacity left, in tenths of a percent');
     $gw->stop;
 }
 
