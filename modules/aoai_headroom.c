@@ -216,8 +216,10 @@ static int kind_is_low(aoai_headroom_shared *h, const aoai_dir_conf *conf,
         || now >= aoai_learn_window_end(h, conf, kind)) {
         return 0;
     }
-    return aoai_learn_end_known(h, conf, kind)
-           || !aoai_learn_probe_free(h, now);
+    if (aoai_learn_end_known(h, conf, kind)) {
+        return !aoai_learn_anchor_due(h, conf, kind, now);
+    }
+    return !aoai_learn_probe_free(h, now);
 }
 
 int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,
@@ -235,6 +237,18 @@ int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,
     return 0;
 }
 
+/* Whether this call may go to a member that has run out, to find out
+ * where its window ends or whether its windows are fixed to the clock. */
+static int claim_probe(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                       int kind, apr_time_t now)
+{
+    if (!aoai_learn_end_known(h, conf, kind)) {
+        return aoai_learn_claim_probe(h, now);
+    }
+    return aoai_learn_anchor_due(h, conf, kind, now)
+           && aoai_learn_claim_anchor_probe(h, now);
+}
+
 /* Takes need off one kind's estimate; 0 (nothing taken) when
  * only_above_floor and the member has no room left, unless this call is
  * the one that may probe a window whose end is not known. */
@@ -245,8 +259,7 @@ static int take_kind(aoai_headroom_shared *h, const aoai_dir_conf *conf,
     for (;;) {
         apr_uint64_t seen = apr_atomic_read64(&h->estimate);
         if (only_above_floor && (apr_int64_t)seen - need + 1 <= floor
-            && (aoai_learn_end_known(h, conf, kind)
-                || !aoai_learn_claim_probe(h, now))) {
+            && !claim_probe(h, conf, kind, now)) {
             return 0;
         }
         if (apr_atomic_cas64(&h->estimate, seen - (apr_uint64_t)need,

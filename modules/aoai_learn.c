@@ -96,6 +96,22 @@ int aoai_learn_end_known(aoai_headroom_shared *h, const aoai_dir_conf *conf,
     return apr_atomic_read64(&h->window_end) || overridden(conf, kind);
 }
 
+/* The end of a window opened now: a learned length after this call, or,
+ * for windows fixed to the clock, at the next multiple of the length
+ * after the last end the member named. */
+static apr_time_t next_end(aoai_headroom_shared *h,
+                           apr_interval_time_t length, apr_time_t now)
+{
+    apr_time_t named = read_signed(&h->exact_end);
+
+    if (apr_atomic_read32(&h->anchored) != AOAI_ANCHOR_CLOCK || !named
+        || named > now) {
+        return now + length + late_margin(length);
+    }
+    return named + ((now - named) / length + 1) * length
+           + late_margin(length);
+}
+
 void aoai_learn_refill(aoai_headroom_shared *h, const aoai_dir_conf *conf,
                        int kind, apr_time_t sent, apr_time_t now)
 {
@@ -120,8 +136,7 @@ void aoai_learn_refill(aoai_headroom_shared *h, const aoai_dir_conf *conf,
     set_signed(&h->previous_start, (apr_int64_t)start);
     /* Its first answer must show the figure went back up. */
     set_signed(&h->before_refill, read_signed(&h->reported));
-    set_signed(&h->window_end, learned ? now + length + late_margin(length)
-                                       : 0);
+    set_signed(&h->window_end, learned ? next_end(h, length, now) : 0);
     if (learned) {
         apr_atomic_set32(&h->learned_from, AOAI_LEARNED_LENGTH);
     }
@@ -131,6 +146,36 @@ void aoai_learn_refill(aoai_headroom_shared *h, const aoai_dir_conf *conf,
 int aoai_learn_probe_free(aoai_headroom_shared *h, apr_time_t now)
 {
     return now >= read_signed(&h->probe_at) + AOAI_PROBE_GAP;
+}
+
+/* A member that ran out inside a window of learned length, whose
+ * windows might be fixed to the clock: once the clock's window would
+ * have begun, one call finds out.  Its 200 with the figure back up says
+ * they are (and the model moves to the clock), its 429 that they start
+ * at a first call; either way it is asked once. */
+int aoai_learn_anchor_due(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                          int kind, apr_time_t now)
+{
+    apr_time_t named = read_signed(&h->exact_end);
+    apr_interval_time_t length = read_signed(&h->length);
+
+    if (apr_atomic_read32(&h->anchored) != AOAI_ANCHOR_UNKNOWN
+        || overridden(conf, kind) || !length || !named || now <= named) {
+        return 0;
+    }
+    return named + (now - named) / length * length
+           > read_signed(&h->window_start);
+}
+
+int aoai_learn_claim_anchor_probe(aoai_headroom_shared *h, apr_time_t now)
+{
+    if (apr_atomic_cas32(&h->anchored, AOAI_ANCHOR_TESTING,
+                         AOAI_ANCHOR_UNKNOWN) != AOAI_ANCHOR_UNKNOWN) {
+        return 0;
+    }
+    set_signed(&h->probe_at, now);
+    set_signed(&h->before_refill, read_signed(&h->reported));
+    return 1;
 }
 
 int aoai_learn_claim_probe(aoai_headroom_shared *h, apr_time_t now)
@@ -161,6 +206,7 @@ static void note_reset(aoai_headroom_shared *h, const aoai_learn_figure *f,
                        apr_time_t now)
 {
     if (f->reset >= 0) {
+        set_signed(&h->exact_end, now + f->reset);
         set_signed(&h->window_end, now + f->reset);
         apr_atomic_set32(&h->learned_from, AOAI_LEARNED_RESET_HEADER);
     }
@@ -188,8 +234,7 @@ static void new_window_seen(aoai_headroom_shared *h, const aoai_dir_conf *conf,
     set_signed(&h->estimate, f->remaining);
     if (f->reset < 0) {
         set_signed(&h->window_end, (length && !overridden(conf, kind))
-                                   ? f->sent + length + late_margin(length)
-                                   : 0);
+                                   ? next_end(h, length, f->sent) : 0);
         apr_atomic_set32(&h->learned_from, AOAI_LEARNED_FIGURES);
     }
 }
@@ -229,7 +274,18 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
         aoai_learn_fall_back(h, AOAI_FALLBACK_NO_REFILL);
         return AOAI_FALLBACK_NO_REFILL;
     }
+    if (pending >= 0 && f->sent == read_signed(&h->window_start)) {
+        /* The call that opened the window the model refilled: what the
+         * member says is left after it is the truth, and replaces what
+         * the model assumed (a full window less the call's estimate),
+         * less the calls sent since. */
+        apr_atomic_add64(&h->estimate, (apr_uint64_t)(f->remaining
+                         - (read_signed(&h->full) - f->cost)));
+        return AOAI_FALLBACK_NONE;
+    }
     if (went_back_up(h, f->remaining, previous)) {
+        /* A window began before the one the model had ended. */
+        apr_atomic_cas32(&h->anchored, AOAI_ANCHOR_CLOCK, AOAI_ANCHOR_TESTING);
         new_window_seen(h, conf, kind, f);
         return AOAI_FALLBACK_NONE;
     }
@@ -242,6 +298,22 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
                                 estimate) == estimate) {
             return AOAI_FALLBACK_NONE;
         }
+    }
+}
+
+/* A window the model took as over was not, although it lasted as long
+ * as the last window did from its first call: the windows do not start at
+ * a first call (where the learned length is never too short) but are
+ * fixed to the clock.  Two ends the member named one window apart give
+ * the length; from now on each window starts where the last one ended. */
+static void learn_anchor(aoai_headroom_shared *h, apr_time_t end)
+{
+    apr_time_t last = read_signed(&h->exact_end);
+    apr_interval_time_t length = read_signed(&h->length);
+
+    if (last > 0 && end > last && end - last <= length + length / 2) {
+        raise_to(&h->length, end - last);
+        apr_atomic_set32(&h->anchored, 1);
     }
 }
 
@@ -263,12 +335,19 @@ int aoai_learn_note_429(aoai_headroom_shared *h, const aoai_dir_conf *conf,
     if (pending >= 0) {
         apr_atomic_set64(&h->probe_at, 0);
     }
+    /* The call sent where a window fixed to the clock would have begun
+     * found the member still full: its windows start at a first call. */
+    apr_atomic_cas32(&h->anchored, AOAI_ANCHOR_FIRST_CALL, AOAI_ANCHOR_TESTING);
     if (!ran_out && !refilled_early) {
         return 0;
     }
     if (!overridden(conf, kind) && start > 0 && end > start && start <= now) {
+        if (refilled_early) {
+            learn_anchor(h, end);
+        }
         raise_to(&h->length, end - start);
     }
+    set_signed(&h->exact_end, end);
     set_signed(&h->window_end, end);
     set_signed(&h->estimate, 0);
     apr_atomic_set32(&h->learned_from, AOAI_LEARNED_429);

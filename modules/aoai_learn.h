@@ -43,6 +43,13 @@ void aoai_learn_refill(aoai_headroom_shared *h, const aoai_dir_conf *conf,
 int aoai_learn_probe_free(aoai_headroom_shared *h, apr_time_t now);
 /* 1 to the one caller that may send that call. */
 int aoai_learn_claim_probe(aoai_headroom_shared *h, apr_time_t now);
+/* A member that ran out, whose windows might be fixed to the clock:
+ * 1 when such a window would have begun since its window started, and
+ * that was not asked yet. */
+int aoai_learn_anchor_due(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                          int kind, apr_time_t now);
+/* 1 to the one caller that may send the call that asks it. */
+int aoai_learn_claim_anchor_probe(aoai_headroom_shared *h, apr_time_t now);
 /* An answer with a usable remaining figure.  Returns the fallback it
  * caused, or AOAI_FALLBACK_NONE. */
 aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,

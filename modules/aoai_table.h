@@ -63,7 +63,12 @@ typedef struct {
     volatile apr_uint32_t per_mille;    /* tokens: the figures are a
                                          * provisioned member's capacity
                                          * left, in tenths of a percent */
-    volatile apr_uint32_t spare;
+    volatile apr_uint32_t anchored;     /* aoai_anchoring: whether each
+                                         * window starts where the last
+                                         * ended (fixed to the clock) or
+                                         * at a first call */
+    volatile apr_uint64_t exact_end;    /* apr_time_t: the last end the
+                                         * member named (429, reset) */
 } aoai_headroom_shared;
 
 /* What told the module where a member's window ends. */
@@ -74,6 +79,14 @@ typedef enum {
     AOAI_LEARNED_FIGURES,       /* its remaining figure went back up */
     AOAI_LEARNED_LENGTH         /* a new window of the learned length */
 } aoai_learned_from;
+
+/* Whether a member's windows are fixed to the clock. */
+typedef enum {
+    AOAI_ANCHOR_UNKNOWN,
+    AOAI_ANCHOR_CLOCK,          /* each starts where the last one ended */
+    AOAI_ANCHOR_FIRST_CALL,     /* each starts at a first call */
+    AOAI_ANCHOR_TESTING         /* one call is finding out */
+} aoai_anchoring;
 
 /* Why a member's figures of one kind are no longer steered by. */
 typedef enum {
