@@ -28,6 +28,7 @@
 #include "aoai_learn.h"
 #include "aoai_ratelimit.h"
 #include "aoai_request.h"
+#include "aoai_shared_cache.h"
 
 #include "apr_atomic.h"
 #include "apr_lib.h"
@@ -129,6 +130,11 @@ void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
     aoai_call *call = aoai_request_call(r);
     int kind;
 
+    if (call) {
+        /* The member took the call: another gateway's may go. */
+        aoai_shared_cache_release_last(r, call->balancer,
+                                       call->attempt.worker);
+    }
     for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
         aoai_learn_figure f;
         apr_int64_t floor = 0;
@@ -302,6 +308,31 @@ int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
         taken[kind] = need;
     }
     return 1;
+}
+
+/* Whether the member is near the end of what it has left, whether or not
+ * headroom steers: its requests within a tenth of its window (at least
+ * 2, for another gateway's call in flight), or its tokens within this
+ * call's estimate.  The pick then asks the shared cache whether another
+ * gateway has seen it answer 429. */
+int aoai_headroom_near_end(aoai_member_slot *slot, apr_int64_t token_estimate)
+{
+    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
+    int kind;
+
+    for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
+        aoai_headroom_shared *h = &headroom[kind];
+        apr_int64_t need = cost(h, kind, token_estimate);
+        apr_int64_t margin = kind == AOAI_HEADROOM_TOKENS ? need
+            : (apr_int64_t)apr_atomic_read64(&h->full) / 10;
+
+        if ((apr_int64_t)apr_atomic_read64(&h->reported) >= 0
+            && (apr_int64_t)apr_atomic_read64(&h->estimate) - need
+               < (margin > 2 ? margin : 2)) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* For the status pages: what is learned of each window.  "ends" is the

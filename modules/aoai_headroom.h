@@ -36,6 +36,9 @@ int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,
 int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
                        apr_int64_t token_estimate, apr_time_t sent,
                        apr_time_t now, int only_above_floor);
+/* Whether the member is near the end of what it has left (for a call
+ * of this token estimate), whether or not headroom steers. */
+int aoai_headroom_near_end(aoai_member_slot *slot, apr_int64_t token_estimate);
 /* The member's learned window of each kind, for the status pages:
  * {"requests": {...}, "tokens": {...}}. */
 json_t *aoai_headroom_windows_json(apr_pool_t *pool,

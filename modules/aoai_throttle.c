@@ -44,6 +44,7 @@ void aoai_throttle_note(request_rec *r, aoai_call *call)
     source = aoai_ratelimit_window(&headers, now, &window, &bad_header);
     if (source != AOAI_WINDOW_FOUND && r->status != HTTP_TOO_MANY_REQUESTS) {
         /* A 5xx without a window is a failed attempt, not a full member. */
+        aoai_shared_cache_release_last(r, call->balancer, worker);
         return;
     }
     if (aoai_table_garbage_once(slot, bad_header != NULL)) {
@@ -69,6 +70,9 @@ void aoai_throttle_note(request_rec *r, aoai_call *call)
         /* Only a window that moved is news to the other gateways. */
         aoai_shared_cache_publish(r, call->balancer, worker, now + window);
     }
+    /* The window is in the cache: the next gateway's call may go, and
+     * will find it. */
+    aoai_shared_cache_release_last(r, call->balancer, worker);
     if (r->status == HTTP_TOO_MANY_REQUESTS) {
         aoai_table_note_429(slot, now, window);
     }
