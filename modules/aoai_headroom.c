@@ -270,6 +270,7 @@ static int take_kind(aoai_headroom_shared *h, const aoai_dir_conf *conf,
         }
         if (apr_atomic_cas64(&h->estimate, seen - (apr_uint64_t)need,
                              seen) == seen) {
+            aoai_learn_sent(h, need);
             return 1;
         }
     }
@@ -302,6 +303,7 @@ int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
             while (kind-- > 0) {
                 apr_atomic_add64(&headroom[kind].estimate,
                                  (apr_uint64_t)taken[kind]);
+                aoai_learn_sent(&headroom[kind], -taken[kind]);
             }
             return 0;
         }

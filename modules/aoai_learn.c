@@ -140,12 +140,19 @@ void aoai_learn_refill(aoai_headroom_shared *h, const aoai_dir_conf *conf,
     if (learned) {
         apr_atomic_set32(&h->learned_from, AOAI_LEARNED_LENGTH);
     }
+    set_signed(&h->in_flight, 0);
     set_signed(&h->estimate, full > 0 ? full : read_signed(&h->limit));
 }
 
 int aoai_learn_probe_free(aoai_headroom_shared *h, apr_time_t now)
 {
     return now >= read_signed(&h->probe_at) + AOAI_PROBE_GAP;
+}
+
+static apr_interval_time_t anchor_doubt(apr_interval_time_t length)
+{
+    return length / 20 > apr_time_from_msec(50) ? length / 20
+                                                : apr_time_from_msec(50);
 }
 
 /* A member that ran out inside a window of learned length, whose
@@ -161,6 +168,12 @@ int aoai_learn_anchor_due(aoai_headroom_shared *h, const aoai_dir_conf *conf,
 
     if (apr_atomic_read32(&h->anchored) != AOAI_ANCHOR_UNKNOWN
         || overridden(conf, kind) || !length || !named || now <= named) {
+        return 0;
+    }
+    /* Close to the end the model has, a window starting at a first call
+     * could be over too (the learned length errs long): no answer there
+     * tells the two apart. */
+    if (now + anchor_doubt(length) >= aoai_learn_window_end(h, conf, kind)) {
         return 0;
     }
     return named + (now - named) / length * length
@@ -231,12 +244,44 @@ static void new_window_seen(aoai_headroom_shared *h, const aoai_dir_conf *conf,
 
     set_signed(&h->previous_start, read_signed(&h->window_start));
     set_signed(&h->window_start, f->sent);
+    set_signed(&h->in_flight, 0);
     set_signed(&h->estimate, f->remaining);
     if (f->reset < 0) {
         set_signed(&h->window_end, (length && !overridden(conf, kind))
                                    ? next_end(h, length, f->sent) : 0);
         apr_atomic_set32(&h->learned_from, AOAI_LEARNED_FIGURES);
     }
+}
+
+/* Inside a window: a figure below the last one is the member's newest
+ * count, made with what each call actually used (not its estimate), and
+ * becomes the estimate, less what the calls still on their way are to use
+ * (some of which it may have counted already: that errs low).  A figure
+ * above the last one answers a call that was overtaken, and can only
+ * lower the estimate. */
+static void follow_figure(aoai_headroom_shared *h, apr_int64_t figure,
+                          apr_int64_t previous)
+{
+    apr_int64_t in_flight = read_signed(&h->in_flight);
+    apr_int64_t now_left = figure - (in_flight > 0 ? in_flight : 0);
+
+    if (figure <= previous) {
+        set_signed(&h->estimate, now_left);
+        return;
+    }
+    for (;;) {
+        apr_uint64_t estimate = apr_atomic_read64(&h->estimate);
+        if ((apr_int64_t)estimate <= now_left
+            || apr_atomic_cas64(&h->estimate, (apr_uint64_t)now_left,
+                                estimate) == estimate) {
+            return;
+        }
+    }
+}
+
+void aoai_learn_sent(aoai_headroom_shared *h, apr_int64_t cost)
+{
+    apr_atomic_add64(&h->in_flight, (apr_uint64_t)cost);
 }
 
 aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
@@ -259,6 +304,7 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
         /* It answers a call of the window before: its figure is old. */
         return AOAI_FALLBACK_NONE;
     }
+    apr_atomic_add64(&h->in_flight, (apr_uint64_t)-f->cost);
     note_reset(h, f, now);
     pending = (apr_int64_t)apr_atomic_xchg64(&h->before_refill,
                                             (apr_uint64_t)-1);
@@ -289,16 +335,8 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
         new_window_seen(h, conf, kind, f);
         return AOAI_FALLBACK_NONE;
     }
-    /* Inside a window the estimate only goes down: answers overtake each
-     * other, and a figure does not count the calls sent since. */
-    for (;;) {
-        apr_uint64_t estimate = apr_atomic_read64(&h->estimate);
-        if ((apr_int64_t)estimate <= f->remaining
-            || apr_atomic_cas64(&h->estimate, (apr_uint64_t)f->remaining,
-                                estimate) == estimate) {
-            return AOAI_FALLBACK_NONE;
-        }
-    }
+    follow_figure(h, f->remaining, previous);
+    return AOAI_FALLBACK_NONE;
 }
 
 /* A window the model took as over was not, although it lasted as long
@@ -306,10 +344,15 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
  * a first call (where the learned length is never too short) but are
  * fixed to the clock.  Two ends the member named one window apart give
  * the length; from now on each window starts where the last one ended. */
-static void learn_anchor(aoai_headroom_shared *h, apr_time_t end)
+static void learn_anchor(aoai_headroom_shared *h, apr_time_t end,
+                         apr_interval_time_t seen)
 {
     apr_time_t last = read_signed(&h->exact_end);
     apr_interval_time_t length = read_signed(&h->length);
+
+    if (seen > length) {
+        length = seen;
+    }
 
     if (last > 0 && end > last && end - last <= length + length / 2) {
         raise_to(&h->length, end - last);
@@ -343,7 +386,7 @@ int aoai_learn_note_429(aoai_headroom_shared *h, const aoai_dir_conf *conf,
     }
     if (!overridden(conf, kind) && start > 0 && end > start && start <= now) {
         if (refilled_early) {
-            learn_anchor(h, end);
+            learn_anchor(h, end, end - start);
         }
         raise_to(&h->length, end - start);
     }

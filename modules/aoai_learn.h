@@ -50,6 +50,9 @@ int aoai_learn_anchor_due(aoai_headroom_shared *h, const aoai_dir_conf *conf,
                           int kind, apr_time_t now);
 /* 1 to the one caller that may send the call that asks it. */
 int aoai_learn_claim_anchor_probe(aoai_headroom_shared *h, apr_time_t now);
+/* A call of this cost was sent to the member (the pick took it off the
+ * estimate): it is in flight until its answer's figure comes. */
+void aoai_learn_sent(aoai_headroom_shared *h, apr_int64_t cost);
 /* An answer with a usable remaining figure.  Returns the fallback it
  * caused, or AOAI_FALLBACK_NONE. */
 aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,

@@ -69,6 +69,9 @@ typedef struct {
                                          * at a first call */
     volatile apr_uint64_t exact_end;    /* apr_time_t: the last end the
                                          * member named (429, reset) */
+    volatile apr_uint64_t in_flight;    /* apr_int64_t: what the calls
+                                         * sent and not yet answered in
+                                         * this window are to use */
 } aoai_headroom_shared;
 
 /* What told the module where a member's window ends. */

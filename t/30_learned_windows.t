@@ -89,16 +89,12 @@ my $mock = start_mock(members => [
 # 1. A 429's retry-after-ms.
 {
     my $gw = gateway($mock, '', qw(p429 s429));
-    my $t0 = time;
-    my @calls = drive($gw, 3.6, 0.04);
-    # One 429 teaches the window's end; one more, sent where a window
-    # fixed to the clock would have reopened, that these start at a first
-    # call instead.
+    my @calls = drive($gw, 8, 0.04);
+    # One 429 teaches the window's end; at most one more, sent where a
+    # window fixed to the clock would have reopened, that these start at
+    # a first call instead.  None after that, in any window.
     my $n429 = count_429($mock, 'p429');
-    ok($n429 >= 1 && $n429 <= 2, "429 end: the member answered $n429 429s while its window was learned");
-    my $t1 = time - $t0;
-    push @calls, map { [ $_->[0] + $t1, $_->[1] ] } drive($gw, 4.5, 0.04);
-    is(count_429($mock, 'p429'), $n429, '  and not one after');
+    ok($n429 >= 1 && $n429 <= 2, "429 end: the member answered $n429 429s in 5 windows, to learn them");
     my @runs = runs_of('p429', @calls);
     is(scalar(grep { $_->[1] !~ /^(p429|s429)$/ } @calls), 0, '  every call was served');
     ok(@runs >= 4, '  it served ' . scalar(@runs) . ' windows');
@@ -191,7 +187,7 @@ for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
     my $gw = gateway($mock, '', qw(ptok stok));
     my @calls = drive($gw, 7, 0.03, max_tokens => 40);
     my $n429 = count_429($mock, 'ptok');
-    ok($n429 <= 1, "tokens: at most the one 429 that taught the window ($n429)");
+    ok($n429 <= 2, "tokens: at most the two 429s that teach the window ($n429)");
     my $w = member_status($gw, 'aoai', 'ptok')->{windows}{tokens};
     ok(abs(($w->{length_ms} // 0) - 2000) <= 80, "  the token window learned: " . ($w->{length_ms} // 'none') . ' ms');
     my $cost = int(length(chat_body(max_tokens => 40)) / 4) + 1 + 40;
@@ -223,7 +219,7 @@ for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
     my $gw = gateway($mock, '', qw(pptu sptu));
     my @calls = drive($gw, 7, 0.03);
     my $n429 = count_429($mock, 'pptu');
-    ok($n429 <= 1, "utilization: at most the one 429 that taught the window ($n429)");
+    ok($n429 <= 2, "utilization: at most the two 429s that teach the window ($n429)");
     my $cost = int(length(chat_body()) / 4) + 1 + 16;
     my $fits = int((300 + $cost - 1) / $cost);
     my @runs = runs_of('pptu', @calls);
