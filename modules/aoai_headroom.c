@@ -353,23 +353,22 @@ json_t *aoai_headroom_windows_json(apr_pool_t *pool,
         const char *fallback = aoai_learn_fallback_name(
                                    stats->window_fallback[kind]);
         apr_time_t end = stats->window_end[kind];
-        char when[APR_RFC822_DATE_LEN + 8];
+        const char *when = NULL;
 
         if (end) {
             apr_time_exp_t t;
-            apr_size_t n;
             apr_time_exp_gmt(&t, end);
-            apr_strftime(when, &n, sizeof(when), "%Y-%m-%dT%H:%M:%S", &t);
-            apr_snprintf(when + n, sizeof(when) - n, ".%03dZ",
-                         (int)(t.tm_usec / 1000));
+            when = apr_psprintf(pool, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                                t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
+                                t.tm_hour, t.tm_min, t.tm_sec,
+                                (int)(t.tm_usec / 1000));
         }
-        (void)pool;
         json_object_set_new(windows, kind_name[kind], json_pack(
             "{s:o,s:o,s:o,s:I,s:o}",
             "length_ms", stats->window_length[kind]
                 ? json_integer((json_int_t)apr_time_as_msec(
                       stats->window_length[kind])) : json_null(),
-            "ends", end ? json_string(when) : json_null(),
+            "ends", when ? json_string(when) : json_null(),
             "learned_from", from ? json_string(from) : json_null(),
             "full", (json_int_t)stats->window_full[kind],
             "fallback", fallback ? json_string(fallback) : json_null()));
