@@ -25,7 +25,7 @@ APR_ONLY  = modules/aoai_window.c modules/aoai_ratelimit.c modules/aoai_json.c \
 SOURCES   = $(APR_ONLY) \
             modules/aoai_config.c modules/aoai_balancers.c modules/aoai_table.c \
             modules/aoai_request.c modules/aoai_affinity.c \
-            modules/aoai_headroom.c modules/aoai_key_quota.c \
+            modules/aoai_learn.c modules/aoai_headroom.c modules/aoai_key_quota.c \
             modules/aoai_deployments.c modules/aoai_front_door.c \
             modules/aoai_shared_cache.c modules/aoai_throttle.c \
             modules/aoai_objects.c modules/aoai_operations.c \

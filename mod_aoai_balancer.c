@@ -21,7 +21,7 @@
  *                 aoai_inflate, aoai_keyfile
  *   state         aoai_config, aoai_balancers, aoai_table, aoai_request,
  *                 aoai_affinity
- *   policies      aoai_headroom, aoai_key_quota, aoai_front_door,
+ *   policies      aoai_learn, aoai_headroom, aoai_key_quota, aoai_front_door,
  *                 aoai_shared_cache, aoai_objects, aoai_deployments,
  *                 aoai_operations, aoai_throttle, aoai_verdict
  *   request path  aoai_lbmethod, aoai_kept_body, aoai_realtime,

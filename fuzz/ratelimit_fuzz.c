@@ -49,6 +49,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (aoai_ratelimit_duration(copy, 1, &window) && (window < 0 || window > CAP)) {
         abort();
     }
+    {
+        apr_int64_t permille = -1;
+        if (aoai_ratelimit_utilization(copy, &permille)
+            && (permille < 0 || permille > 1000)) {
+            abort();
+        }
+    }
     free(copy);
     return 0;
 }

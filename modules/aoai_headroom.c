@@ -24,19 +24,33 @@
  */
 
 #include "aoai_headroom.h"
+#include "aoai_balancers.h"
+#include "aoai_learn.h"
 #include "aoai_ratelimit.h"
+#include "aoai_request.h"
+#include "aoai_shared_cache.h"
 
 #include "apr_atomic.h"
 #include "apr_lib.h"
 #include "apr_strings.h"
 
+#include "http_log.h"
+
 #include <errno.h>
+
+APLOG_USE_MODULE(aoai_balancer);
 
 static const char *const remaining_header[AOAI_HEADROOM_KINDS] = {
     "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"
 };
 static const char *const limit_header[AOAI_HEADROOM_KINDS] = {
     "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"
+};
+static const char *const reset_header[AOAI_HEADROOM_KINDS] = {
+    "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"
+};
+static const char *const kind_name[AOAI_HEADROOM_KINDS] = {
+    "requests", "tokens"
 };
 
 
@@ -46,66 +60,15 @@ int aoai_headroom_enabled(const aoai_dir_conf *conf)
            || !conf->headroom_floor[AOAI_HEADROOM_TOKENS].off;
 }
 
-/* An answer came from the member: its figures replace the estimate. */
-void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
-                        const aoai_dir_conf *conf, apr_time_t now)
+/* What a call uses of a kind.  A provisioned member's figure is its
+ * capacity left in tenths of a percent, which a call's tokens cannot be
+ * set against: a call needs some of it left, and its answer says how
+ * much it took. */
+static apr_int64_t cost(aoai_headroom_shared *h, int kind,
+                        apr_int64_t token_estimate)
 {
-    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
-    int kind;
-
-    if (!headroom) {
-        return;
-    }
-    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
-        aoai_headroom_shared *h = &headroom[kind];
-        apr_int64_t figure, limit, previous;
-        apr_uint64_t window_start;
-
-        if (!aoai_ratelimit_figure(apr_table_get(r->headers_out,
-                                        remaining_header[kind]), &figure)) {
-            continue;
-        }
-        previous = (apr_int64_t)apr_atomic_read64(&h->reported);
-        window_start = apr_atomic_read64(&h->window_start);
-        apr_atomic_set64(&h->reported, (apr_uint64_t)figure);
-        if (previous < 0
-            || now >= (apr_time_t)window_start + conf->headroom_window[kind]) {
-            /* One call opens the window; others racing it join it. */
-            if (apr_atomic_cas64(&h->window_start, (apr_uint64_t)now,
-                                 window_start) == window_start) {
-                apr_atomic_set64(&h->estimate, (apr_uint64_t)figure);
-            }
-        }
-        else {
-            for (;;) {
-                apr_uint64_t estimate = apr_atomic_read64(&h->estimate);
-                if ((apr_int64_t)estimate <= figure
-                    || apr_atomic_cas64(&h->estimate, (apr_uint64_t)figure,
-                                        estimate) == estimate) {
-                    break;
-                }
-            }
-        }
-        if (!aoai_ratelimit_figure(apr_table_get(r->headers_out, limit_header[kind]),
-                          &limit)) {
-            limit = figure;
-        }
-        if ((apr_uint64_t)limit > apr_atomic_read64(&h->limit)) {
-            apr_atomic_set64(&h->limit, (apr_uint64_t)limit);
-        }
-    }
-}
-
-/* A throttle window was opened: until a member answers again, nothing is
- * known of its headroom. */
-void aoai_headroom_forget(aoai_member_slot *slot)
-{
-    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
-    int kind;
-
-    for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
-        apr_atomic_set64(&headroom[kind].reported, (apr_uint64_t)-1);
-    }
+    return kind == AOAI_HEADROOM_REQUESTS || apr_atomic_read32(&h->per_mille)
+           ? 1 : token_estimate;
 }
 
 static int floor_of(const aoai_dir_conf *conf, aoai_headroom_shared *h,
@@ -122,19 +85,147 @@ static int floor_of(const aoai_dir_conf *conf, aoai_headroom_shared *h,
     return 1;
 }
 
-/* Whether a figure of this kind can be steered by: seen, and from the
- * member's current quota window. */
-static int is_fresh(aoai_headroom_shared *h, const aoai_dir_conf *conf,
-                    int kind, apr_time_t now)
+static apr_int64_t header_figure(request_rec *r, const char *name)
 {
-    return (apr_int64_t)apr_atomic_read64(&h->reported) >= 0
-           && now < (apr_time_t)apr_atomic_read64(&h->window_start)
-                    + conf->headroom_window[kind];
+    apr_int64_t figure;
+
+    return aoai_ratelimit_figure(apr_table_get(r->headers_out, name), &figure)
+           ? figure : -1;
 }
 
-static apr_int64_t cost(int kind, apr_int64_t token_estimate)
+static apr_interval_time_t header_reset(request_rec *r, int kind)
 {
-    return kind == AOAI_HEADROOM_REQUESTS ? 1 : token_estimate;
+    apr_interval_time_t reset;
+
+    return aoai_ratelimit_duration(apr_table_get(r->headers_out,
+                                                 reset_header[kind]),
+                                   0, &reset) ? reset : -1;
+}
+
+/* A provisioned member sends azure-openai-deployment-utilization instead
+ * of x-ratelimit-*: what is left of its capacity is its tokens figure. */
+static int utilization_left(request_rec *r, aoai_headroom_shared *h,
+                            apr_int64_t *left)
+{
+    apr_int64_t used;
+
+    if (!aoai_ratelimit_utilization(apr_table_get(r->headers_out,
+                                    "azure-openai-deployment-utilization"),
+                                    &used)) {
+        return 0;
+    }
+    if (!apr_atomic_read32(&h->per_mille)) {
+        apr_atomic_set32(&h->per_mille, 1);
+    }
+    *left = 1000 - used;
+    return 1;
+}
+
+/* An answer came from the member: its figures feed the estimate and what
+ * is learned of its windows. */
+void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
+                        const aoai_dir_conf *conf, apr_time_t now)
+{
+    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
+    aoai_call *call = aoai_request_call(r);
+    int kind;
+
+    if (call) {
+        /* The member took the call: another gateway's may go. */
+        aoai_shared_cache_release_last(r, call->balancer,
+                                       call->attempt.worker);
+    }
+    for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
+        aoai_learn_figure f;
+        apr_int64_t floor = 0;
+
+        f.remaining = header_figure(r, remaining_header[kind]);
+        f.limit = header_figure(r, limit_header[kind]);
+        if (f.remaining < 0 && kind == AOAI_HEADROOM_TOKENS
+            && utilization_left(r, &headroom[kind], &f.remaining)) {
+            f.limit = 1000;
+        }
+        if (f.remaining < 0) {
+            continue;
+        }
+        f.reset = header_reset(r, kind);
+        f.cost = cost(&headroom[kind], kind, call ? call->token_estimate : 0);
+        f.sent = r->request_time;
+        floor_of(conf, &headroom[kind], kind, &floor);
+        if (aoai_learn_note_figure(&headroom[kind], conf, kind, &f, floor,
+                                   now) != AOAI_FALLBACK_NONE) {
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, AOAI_LOGNO(100)
+                          "%s: member %s's x-ratelimit-remaining-%s did not "
+                          "go back up when its window was over: its %s are "
+                          "steered by 429s only from now on",
+                          call ? call->balancer->s->name : "-",
+                          call ? aoai_balancers_label(call->attempt.worker)
+                               : "-", kind_name[kind], kind_name[kind]);
+        }
+    }
+}
+
+/* A throttle window was opened.  With the window's exact end (a 429's
+ * retry-after-ms), each kind whose figures explain the 429 learns that
+ * end; when none does, the figures disagree with the model and fall back.
+ * Without it, nothing is known of the member's headroom until it answers
+ * again. */
+void aoai_headroom_throttled(request_rec *r, aoai_member_slot *slot,
+                             const aoai_dir_conf *conf, int exact,
+                             apr_time_t end, apr_time_t now)
+{
+    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
+    aoai_call *call = aoai_request_call(r);
+    int kind, modelled = 0, explained = 0;
+
+    for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
+        aoai_headroom_shared *h = &headroom[kind];
+        apr_int64_t floor;
+
+        if (!exact || !floor_of(conf, h, kind, &floor)
+            || !aoai_learn_steers(h)) {
+            apr_atomic_set64(&h->reported, (apr_uint64_t)-1);
+            continue;
+        }
+        modelled |= 1 << kind;
+        explained |= aoai_learn_note_429(h, conf, kind, end, now) << kind;
+    }
+    if (!modelled || explained) {
+        return;
+    }
+    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+        if (modelled & (1 << kind)) {
+            aoai_learn_fall_back(&headroom[kind], AOAI_FALLBACK_429_WITH_ROOM);
+            apr_atomic_set64(&headroom[kind].reported, (apr_uint64_t)-1);
+        }
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, AOAI_LOGNO(101)
+                  "%s: member %s answered 429 while its figures said it had "
+                  "room: it is steered by 429s only from now on",
+                  call ? call->balancer->s->name : "-",
+                  call ? aoai_balancers_label(call->attempt.worker) : "-");
+}
+
+/* Whether this kind would leave the member below its floor: a member
+ * that has run out of a window whose end is not known yet is not low for
+ * the one call that may go to find out. */
+static int kind_is_low(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                       int kind, apr_int64_t need, apr_time_t now)
+{
+    apr_int64_t floor;
+
+    /* Most members have room: that is one read, so it is asked first
+     * (the pick asks it of every member, issue 20). */
+    if (!floor_of(conf, h, kind, &floor)
+        || (apr_int64_t)apr_atomic_read64(&h->estimate) - need + 1 > floor
+        || !aoai_learn_steers(h)
+        || now >= aoai_learn_window_end(h, conf, kind)) {
+        return 0;
+    }
+    if (aoai_learn_end_known(h, conf, kind)) {
+        return !aoai_learn_anchor_due(h, conf, kind, now);
+    }
+    return !aoai_learn_probe_free(h, now);
 }
 
 int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,
@@ -143,64 +234,146 @@ int aoai_headroom_is_low(aoai_member_slot *slot, const aoai_dir_conf *conf,
     aoai_headroom_shared *headroom = aoai_table_headroom(slot);
     int kind;
 
-    if (!headroom) {
-        return 0;
-    }
-    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
-        aoai_headroom_shared *h = &headroom[kind];
-        apr_int64_t floor;
-
-        if (floor_of(conf, h, kind, &floor) && is_fresh(h, conf, kind, now)
-            && (apr_int64_t)apr_atomic_read64(&h->estimate)
-               - cost(kind, token_estimate) + 1 <= floor) {
+    for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
+        if (kind_is_low(&headroom[kind], conf, kind,
+                        cost(&headroom[kind], kind, token_estimate), now)) {
             return 1;
         }
     }
     return 0;
 }
 
-/* The pick is going to this member: what the call will use comes off its
- * figures now.  With only_above_floor, nothing is taken and 0 is returned
- * when another call got there first and the member is now below its
- * floor, so that two calls racing for its last request do not both go. */
+/* Whether this call may go to a member that has run out, to find out
+ * where its window ends or whether its windows are fixed to the clock. */
+static int claim_probe(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                       int kind, apr_time_t now)
+{
+    if (!aoai_learn_end_known(h, conf, kind)) {
+        return aoai_learn_claim_probe(h, now);
+    }
+    return aoai_learn_anchor_due(h, conf, kind, now)
+           && aoai_learn_claim_anchor_probe(h, now);
+}
+
+/* Takes need off one kind's estimate; 0 (nothing taken) when
+ * only_above_floor and the member has no room left, unless this call is
+ * the one that may probe a window whose end is not known. */
+static int take_kind(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                     int kind, apr_int64_t need, apr_int64_t floor,
+                     apr_time_t now, int only_above_floor)
+{
+    for (;;) {
+        apr_uint64_t seen = apr_atomic_read64(&h->estimate);
+        if (only_above_floor && (apr_int64_t)seen - need + 1 <= floor
+            && !claim_probe(h, conf, kind, now)) {
+            return 0;
+        }
+        if (apr_atomic_cas64(&h->estimate, seen - (apr_uint64_t)need,
+                             seen) == seen) {
+            aoai_learn_sent(h, need);
+            return 1;
+        }
+    }
+}
+
+/* The pick is going to this member: a window that is over is refilled,
+ * and what the call will use comes off its figures now.  With
+ * only_above_floor, nothing is taken and 0 is returned when another call
+ * got there first and the member is now below its floor, so that two
+ * calls racing for its last request do not both go. */
 int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
-                       apr_int64_t token_estimate, apr_time_t now,
-                       int only_above_floor)
+                       apr_int64_t token_estimate, apr_time_t sent,
+                       apr_time_t now, int only_above_floor)
 {
     aoai_headroom_shared *headroom = aoai_table_headroom(slot);
     apr_int64_t taken[AOAI_HEADROOM_KINDS] = { 0, 0 };
     int kind;
 
-    if (!headroom) {
-        return 1;
-    }
-    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+    for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
         aoai_headroom_shared *h = &headroom[kind];
-        apr_int64_t floor, need = cost(kind, token_estimate);
-        int checked = floor_of(conf, h, kind, &floor)
-                      && is_fresh(h, conf, kind, now);
+        apr_int64_t floor, need = cost(h, kind, token_estimate);
 
-        if (!checked || !need) {
+        if (!floor_of(conf, h, kind, &floor) || !aoai_learn_steers(h)
+            || !need) {
             continue;
         }
-        for (;;) {
-            apr_uint64_t seen = apr_atomic_read64(&h->estimate);
-            if (only_above_floor && (apr_int64_t)seen - need + 1 <= floor) {
-                /* Give back what the other kind took. */
-                while (kind-- > 0) {
-                    apr_atomic_add64(&headroom[kind].estimate,
-                                     (apr_uint64_t)taken[kind]);
-                }
-                return 0;
+        aoai_learn_refill(h, conf, kind, sent, now);
+        if (!take_kind(h, conf, kind, need, floor, now, only_above_floor)) {
+            /* Give back what the other kind took. */
+            while (kind-- > 0) {
+                apr_atomic_add64(&headroom[kind].estimate,
+                                 (apr_uint64_t)taken[kind]);
+                aoai_learn_sent(&headroom[kind], -taken[kind]);
             }
-            if (apr_atomic_cas64(&h->estimate, seen - (apr_uint64_t)need,
-                                 seen) == seen) {
-                taken[kind] = need;
-                break;
-            }
+            return 0;
         }
+        taken[kind] = need;
     }
     return 1;
+}
+
+/* Whether the member is near the end of what it has left, whether or not
+ * headroom steers: its requests within a tenth of its window (at least
+ * 2, for another gateway's call in flight), or its tokens within this
+ * call's estimate.  The pick then asks the shared cache whether another
+ * gateway has seen it answer 429. */
+int aoai_headroom_near_end(aoai_member_slot *slot, apr_int64_t token_estimate)
+{
+    aoai_headroom_shared *headroom = aoai_table_headroom(slot);
+    int kind;
+
+    for (kind = 0; headroom && kind < AOAI_HEADROOM_KINDS; kind++) {
+        aoai_headroom_shared *h = &headroom[kind];
+        apr_int64_t need = cost(h, kind, token_estimate);
+        apr_int64_t margin = kind == AOAI_HEADROOM_TOKENS ? need
+            : (apr_int64_t)apr_atomic_read64(&h->full) / 10;
+
+        if ((apr_int64_t)apr_atomic_read64(&h->reported) >= 0
+            && (apr_int64_t)apr_atomic_read64(&h->estimate) - need
+               < (margin > 2 ? margin : 2)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* For the status pages: what is learned of each window.  "ends" is the
+ * current window's end when it is known, "length_ms" the learned length,
+ * "learned_from" what last placed the end, "fallback" why the figures of
+ * that kind no longer steer (null while they do). */
+json_t *aoai_headroom_windows_json(apr_pool_t *pool,
+                                   const aoai_member_stats *stats)
+{
+    json_t *windows = json_object();
+    int kind;
+
+    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+        const char *from = aoai_learn_source_name(
+                               stats->window_learned_from[kind]);
+        const char *fallback = aoai_learn_fallback_name(
+                                   stats->window_fallback[kind]);
+        apr_time_t end = stats->window_end[kind];
+        const char *when = NULL;
+
+        if (end) {
+            apr_time_exp_t t;
+            apr_time_exp_gmt(&t, end);
+            when = apr_psprintf(pool, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                                t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
+                                t.tm_hour, t.tm_min, t.tm_sec,
+                                (int)(t.tm_usec / 1000));
+        }
+        json_object_set_new(windows, kind_name[kind], json_pack(
+            "{s:o,s:o,s:o,s:I,s:o}",
+            "length_ms", stats->window_length[kind]
+                ? json_integer((json_int_t)apr_time_as_msec(
+                      stats->window_length[kind])) : json_null(),
+            "ends", when ? json_string(when) : json_null(),
+            "learned_from", from ? json_string(from) : json_null(),
+            "full", (json_int_t)stats->window_full[kind],
+            "fallback", fallback ? json_string(fallback) : json_null()));
+    }
+    return windows;
 }
 
 /* ------------------------------------------------------------------ */

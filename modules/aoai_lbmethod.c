@@ -41,6 +41,7 @@
 #include "aoai_balancers.h"
 #include "aoai_deployments.h"
 #include "aoai_headroom.h"
+#include "aoai_shared_cache.h"
 #include "aoai_table.h"
 #include "aoai_throttle.h"
 
@@ -59,6 +60,10 @@ typedef struct {
                                   * driving the request */
     unsigned char *parked;       /* by worker->s->index: in a window now */
     unsigned char *low;          /* by worker->s->index: low headroom */
+    unsigned char *claimed;      /* by worker->s->index: another gateway's
+                                  * call is on its way to its last room */
+    int any_claimed;
+    int ignore_claims;           /* every member left was claimed */
     int slots;
     int avoid_low;               /* this walk passes over low members */
     int passed_over;             /* low members this walk passed over */
@@ -99,6 +104,7 @@ static void read_windows(aoai_pick *pick, apr_pool_t *pool)
     pick->slots = aoai_balancers_slots(balancer);
     pick->parked = apr_pcalloc(pool, pick->slots);
     pick->low = apr_pcalloc(pool, pick->slots);
+    pick->claimed = apr_pcalloc(pool, pick->slots);
     pick->avoid_low = pick->call && aoai_headroom_enabled(pick->call->conf);
     for (i = 0; i < balancer->workers->nelts; i++) {
         proxy_worker *worker = workers[i];
@@ -132,6 +138,9 @@ static int fits_call(aoai_pick *pick, proxy_worker *worker)
     }
     if (has_slot(pick, worker) ? pick->parked[worker->s->index]
         : aoai_throttle_is_on(pick->balancer, worker, pick->now)) {
+        return 0;
+    }
+    if (has_slot(pick, worker) && pick->claimed[worker->s->index]) {
         return 0;
     }
     if (pick->avoid_low && has_slot(pick, worker)
@@ -229,6 +238,35 @@ static proxy_worker *walk(aoai_pick *pick, apr_pool_t *pool)
     return best;
 }
 
+/* A member near the end of what it has left may have answered another
+ * gateway's last call with a 429 since the shared cache's last sync, or
+ * be about to: the cache is asked now (aoai_shared_cache.c), and only
+ * then, so that a call to a member with room never waits on it.  1 when
+ * the member was passed over for that. */
+static int passed_for_cache(aoai_pick *pick, proxy_worker *worker)
+{
+    aoai_member_slot *slot = aoai_table_member(pick->balancer, worker);
+
+    if (!pick->call || !has_slot(pick, worker)
+        || !aoai_headroom_near_end(slot, pick->call->token_estimate)) {
+        return 0;
+    }
+    if (aoai_shared_cache_window(pick->r, pick->balancer, worker,
+                                 pick->call->conf->throttle_max, pick->now)) {
+        pick->parked[worker->s->index] = 1;
+        note_skipped(pick->call, worker);
+        return 1;
+    }
+    if (!pick->ignore_claims
+        && !aoai_shared_cache_claim_last(pick->r, pick->balancer, worker,
+                                         pick->now)) {
+        pick->claimed[worker->s->index] = 1;
+        pick->any_claimed = 1;
+        return 1;
+    }
+    return 0;
+}
+
 static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
 {
     aoai_pick pick;
@@ -238,12 +276,19 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
     pick.r = r;
     pick.call = aoai_request_call(r);
     pick.now = apr_time_now();
+    pick.any_claimed = pick.ignore_claims = 0;
     read_windows(&pick, r->pool);
 
     for (;;) {
         pick.passed_over = 0;
         worker = walk(&pick, r->pool);
         if (!worker) {
+            if (pick.any_claimed && !pick.ignore_claims) {
+                /* Claims only order gateways; they never refuse a call. */
+                memset(pick.claimed, 0, pick.slots);
+                pick.ignore_claims = 1;
+                continue;
+            }
             if (!pick.avoid_low) {
                 return NULL;
             }
@@ -251,12 +296,15 @@ static proxy_worker *find_best_aoai(proxy_balancer *balancer, request_rec *r)
             pick.avoid_low = 0;
             continue;
         }
+        if (passed_for_cache(&pick, worker)) {
+            continue;
+        }
         if (!pick.call || !aoai_headroom_enabled(pick.call->conf)) {
             return worker;
         }
         if (aoai_headroom_take(aoai_table_member(balancer, worker),
                                pick.call->conf, pick.call->token_estimate,
-                               pick.now, pick.avoid_low)) {
+                               r->request_time, pick.now, pick.avoid_low)) {
             pick.call->picks.headroom_passed_over = pick.passed_over;
             return worker;
         }

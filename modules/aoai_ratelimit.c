@@ -243,3 +243,40 @@ int aoai_ratelimit_figure(const char *value, apr_int64_t *figure)
     *figure = n;
     return 1;
 }
+
+int aoai_ratelimit_utilization(const char *value, apr_int64_t *permille)
+{
+    apr_int64_t whole = 0, tenths = 0;
+    int digits = 0;
+
+    if (!value) {
+        return 0;
+    }
+    while (*value == ' ' || *value == '\t') {
+        value++;
+    }
+    for (; apr_isdigit(*value); value++) {
+        if (++digits > 6) {
+            return 0;
+        }
+        whole = whole * 10 + (*value - '0');
+    }
+    if (*value == '.') {
+        if (!apr_isdigit(value[1])) {
+            return 0;
+        }
+        tenths = value[1] - '0';
+        for (value++; apr_isdigit(*value); value++) {
+        }
+    }
+    if (!digits || *value != '%') {
+        return 0;
+    }
+    for (value++; *value == ' ' || *value == '\t'; value++) {
+    }
+    if (*value) {
+        return 0;
+    }
+    *permille = whole >= 100 ? 1000 : whole * 10 + tenths;
+    return 1;
+}

@@ -41,4 +41,9 @@ int aoai_ratelimit_duration(const char *value, int plain_unit_ms,
  * decimal of at most 12 digits.  1 and *figure on success, else 0. */
 int aoai_ratelimit_figure(const char *value, apr_int64_t *figure);
 
+/* azure-openai-deployment-utilization: "97.5%" (a provisioned
+ * deployment's share of its capacity in use), in tenths of a percent,
+ * 0-1000 (more than 100% reads as 1000).  1 and *permille on success. */
+int aoai_ratelimit_utilization(const char *value, apr_int64_t *permille);
+
 #endif /* AOAI_RATELIMIT_H */

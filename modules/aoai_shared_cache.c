@@ -45,6 +45,7 @@
 #include "mod_watchdog.h"
 
 #include <openssl/evp.h>
+#include <unistd.h>
 
 APLOG_USE_MODULE(aoai_balancer);
 
@@ -697,6 +698,151 @@ int aoai_shared_cache_get(request_rec *r, const char *name, char *text,
     memcpy(text, value, call.length);
     text[call.length] = '\0';
     return 1;
+}
+
+/* A member near the end of what it has left (issue 19): the sync may be
+ * up to AOAISharedCacheSync behind another gateway's 429, so the request
+ * reads the member's key itself, and a window found there parks the
+ * member here at once.  Not while the cache is known unreachable: a read
+ * of a dead server would wait on every such call. */
+int aoai_shared_cache_window(request_rec *r, proxy_balancer *balancer,
+                             proxy_worker *worker,
+                             apr_interval_time_t throttle_max,
+                             apr_time_t now)
+{
+    unsigned char id[AOAI_CACHE_ID_LENGTH];
+    char value[AOAI_CACHE_VALUE_MAX + 2];
+    aoai_cache_call call = { id, 0, 0, NULL, value, sizeof(value) - 1,
+                             r->pool };
+    aoai_cache_link *link;
+    apr_int64_t end_ms;
+    apr_time_t until;
+    apr_status_t rv;
+
+    if (!cache.shared
+        || apr_atomic_read32(&cache.shared->reach) == AOAI_CACHE_UNREACHABLE
+        || !(link = borrow_link())) {
+        return 0;
+    }
+    member_id(balancer->s->name, worker->s->name_ex, id);
+    rv = link_call(link, &call);
+    return_link(link);
+    if (rv != APR_SUCCESS || !parse_window_end(value, call.length, &end_ms)
+        || (until = apr_time_from_msec(end_ms)) <= now) {
+        return 0;
+    }
+    if (until - now > throttle_max) {
+        until = now + throttle_max;
+    }
+    if (aoai_table_raise_window(aoai_table_member(balancer, worker), until)) {
+        count(AOAI_CACHE_LEARNED);
+    }
+    return 1;
+}
+
+/* A member's last calls, one gateway at a time (issue 19): reading the
+ * window before each call still lets two gateways send at once the call
+ * that earns the 429, each before the other's 429 is in the cache.  So,
+ * near the end, a call is announced under a key of its own (the member's,
+ * in a namespace of claims) with a token that names it, and goes only
+ * when the token read back is its own and no other live one was there
+ * before; the answer's headers release it (a 429's window is stored
+ * first), and a claim that is never released expires after
+ * AOAI_CLAIM_TTL.  A claim is only ever a reason to pass a member over
+ * for one pick, never a window. */
+#define AOAI_CLAIM_TTL apr_time_from_sec(5)
+#define AOAI_CLAIM_NOTE "aoai-last-call-claim"
+
+static void claim_id(proxy_balancer *balancer, proxy_worker *worker,
+                     unsigned char id[AOAI_CACHE_ID_LENGTH])
+{
+    char name[512];
+
+    apr_snprintf(name, sizeof(name), "\002claim %s", balancer->s->name);
+    member_id(name, worker->s->name_ex, id);
+}
+
+/* Another call's claim that has not expired. */
+static int claimed_by_other(const char *value, unsigned int length,
+                            const char *mine, apr_time_t now)
+{
+    apr_int64_t until_ms = 0;
+    unsigned int i;
+
+    for (i = 0; i < length && apr_isdigit(value[i]); i++) {
+        until_ms = until_ms * 10 + (value[i] - '0');
+    }
+    return i > 0 && until_ms > apr_time_as_msec(now)
+           && (!mine || strlen(mine) != length
+               || memcmp(mine, value, length));
+}
+
+static int read_claim(aoai_cache_link *link, unsigned char *id,
+                      const char *mine, apr_time_t now, apr_pool_t *pool)
+{
+    char value[AOAI_CACHE_TEXT_MAX + 1];
+    aoai_cache_call call = { id, 0, 0, NULL, value, sizeof(value) - 1, pool };
+
+    return link_call(link, &call) == APR_SUCCESS
+           && claimed_by_other(value, call.length, mine, now);
+}
+
+int aoai_shared_cache_claim_last(request_rec *r, proxy_balancer *balancer,
+                                 proxy_worker *worker, apr_time_t now)
+{
+    static volatile apr_uint32_t sequence;
+    unsigned char id[AOAI_CACHE_ID_LENGTH];
+    aoai_cache_link *link;
+    const char *mine;
+    int go;
+
+    if (!cache.shared
+        || apr_atomic_read32(&cache.shared->reach) == AOAI_CACHE_UNREACHABLE
+        || !(link = borrow_link())) {
+        return 1;
+    }
+    claim_id(balancer, worker, id);
+    mine = apr_psprintf(r->pool, "%" APR_INT64_T_FMT "-%" APR_PID_T_FMT
+                        "-%u", apr_time_as_msec(now + AOAI_CLAIM_TTL),
+                        getpid(), apr_atomic_inc32(&sequence));
+    go = !read_claim(link, id, NULL, now, r->pool);
+    if (go) {
+        aoai_cache_call store = { id, 0, now + AOAI_CLAIM_TTL
+                                  + apr_time_from_sec(1), mine, NULL, 0,
+                                  r->pool };
+        go = link_call(link, &store) != APR_SUCCESS
+             || !read_claim(link, id, mine, now, r->pool);
+    }
+    return_link(link);
+    if (go) {
+        apr_table_setn(r->notes, AOAI_CLAIM_NOTE,
+                       apr_pstrcat(r->pool, balancer->s->name, "|",
+                                   worker->s->name_ex, NULL));
+    }
+    return go;
+}
+
+void aoai_shared_cache_release_last(request_rec *r, proxy_balancer *balancer,
+                                    proxy_worker *worker)
+{
+    unsigned char id[AOAI_CACHE_ID_LENGTH];
+    const char *held = apr_table_get(r->notes, AOAI_CLAIM_NOTE);
+    aoai_cache_link *link;
+
+    if (!held || strcmp(held, apr_pstrcat(r->pool, balancer->s->name, "|",
+                                         worker->s->name_ex, NULL))
+        || !(link = borrow_link())) {
+        return;
+    }
+    apr_table_unset(r->notes, AOAI_CLAIM_NOTE);
+    claim_id(balancer, worker, id);
+    {
+        aoai_cache_call store = { id, 0, apr_time_now()
+                                  + apr_time_from_sec(2), "0", NULL, 0,
+                                  r->pool };
+        link_call(link, &store);
+    }
+    return_link(link);
 }
 
 /* ------------------------------------------------------------------ */

@@ -53,6 +53,22 @@ int aoai_shared_cache_put(request_rec *r, const char *name, const char *text,
 int aoai_shared_cache_get(request_rec *r, const char *name, char *text,
                           apr_size_t size);
 
+/* Read by the request for a member near the end of what it has left: 1
+ * when another gateway put it in a window that has not ended (the window
+ * is then this gateway's too), else 0; 0 without a cache. */
+int aoai_shared_cache_window(request_rec *r, proxy_balancer *balancer,
+                             proxy_worker *worker,
+                             apr_interval_time_t throttle_max,
+                             apr_time_t now);
+
+/* A member's last calls go one gateway at a time: 1 when this call may
+ * go (claimed, or no cache to ask), 0 when another gateway's call is on
+ * its way to the member.  Released by the answer's headers, or expires. */
+int aoai_shared_cache_claim_last(request_rec *r, proxy_balancer *balancer,
+                                 proxy_worker *worker, apr_time_t now);
+void aoai_shared_cache_release_last(request_rec *r, proxy_balancer *balancer,
+                                    proxy_worker *worker);
+
 /* 0 when no cache is configured; else 1 and *view. */
 int aoai_shared_cache_view(aoai_cache_view *view);
 

@@ -22,6 +22,7 @@
 
 #include "aoai_status.h"
 #include "aoai_balancers.h"
+#include "aoai_headroom.h"
 #include "aoai_json.h"
 #include "aoai_shared_cache.h"
 #include "aoai_table.h"
@@ -466,6 +467,9 @@ static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
     json_object_set_new(member, "sessions", json_pack("{s:I,s:I}",
         "open", (json_int_t)c[AOAI_COUNT_SESSIONS_OPEN],
         "total", (json_int_t)c[AOAI_COUNT_SESSIONS]));
+    /* each kind's learned window (aoai_headroom.c) */
+    json_object_set_new(member, "windows", aoai_headroom_windows_json(pool,
+                                                          &view->stats));
     if (view->stats.throttle_until > now) {
         json_object_set_new(member, "throttled_until", json_string(
             aoai_status_iso_time(pool, view->stats.throttle_until)));

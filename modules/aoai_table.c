@@ -139,6 +139,8 @@ static aoai_member_slot *find_slot(aoai_slot_table *t,
                 for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
                     apr_atomic_set64(&slot->headroom[kind].reported,
                                      (apr_uint64_t)-1);
+                    apr_atomic_set64(&slot->headroom[kind].before_refill,
+                                     (apr_uint64_t)-1);
                 }
                 apr_snprintf(slot->name, sizeof(slot->name), "%s|%s",
                               balancer_name, member_name);
@@ -438,6 +440,12 @@ static void read_stats(const aoai_member_slot *slot, aoai_member_stats *stats)
         stats->headroom_limit[i] = (apr_int64_t)apr_atomic_read64(&h->limit);
         stats->headroom_window_start[i] =
             (apr_time_t)apr_atomic_read64(&h->window_start);
+        stats->window_end[i] = (apr_time_t)apr_atomic_read64(&h->window_end);
+        stats->window_length[i] =
+            (apr_interval_time_t)apr_atomic_read64(&h->length);
+        stats->window_full[i] = (apr_int64_t)apr_atomic_read64(&h->full);
+        stats->window_learned_from[i] = (int)apr_atomic_read32(&h->learned_from);
+        stats->window_fallback[i] = (int)apr_atomic_read32(&h->fallback);
     }
 }
 

@@ -45,7 +45,58 @@ typedef struct {
                                          * allowance was last seen refilled */
     volatile apr_uint64_t limit;        /* largest figure seen, or its
                                          * x-ratelimit-limit-* */
+    /* The member's window as learned (aoai_learn.c). */
+    volatile apr_uint64_t window_end;   /* apr_time_t: when the current
+                                         * window ends; 0: not known */
+    volatile apr_uint64_t length;       /* apr_interval_time_t learned;
+                                         * 0: not yet */
+    volatile apr_uint64_t previous_start; /* apr_time_t: the window before */
+    volatile apr_uint64_t full;         /* apr_int64_t: what a new window
+                                         * holds */
+    volatile apr_uint64_t before_refill;/* apr_int64_t: the last figure
+                                         * before the model took the
+                                         * window as refilled (or probed
+                                         * it); -1: none to check */
+    volatile apr_uint64_t probe_at;     /* apr_time_t of the last probe */
+    volatile apr_uint32_t learned_from; /* aoai_learned_from */
+    volatile apr_uint32_t fallback;     /* aoai_fallback; 0: none */
+    volatile apr_uint32_t per_mille;    /* tokens: the figures are a
+                                         * provisioned member's capacity
+                                         * left, in tenths of a percent */
+    volatile apr_uint32_t anchored;     /* aoai_anchoring: whether each
+                                         * window starts where the last
+                                         * ended (fixed to the clock) or
+                                         * at a first call */
+    volatile apr_uint64_t exact_end;    /* apr_time_t: the last end the
+                                         * member named (429, reset) */
+    volatile apr_uint64_t in_flight;    /* apr_int64_t: what the calls
+                                         * sent and not yet answered in
+                                         * this window are to use */
 } aoai_headroom_shared;
+
+/* What told the module where a member's window ends. */
+typedef enum {
+    AOAI_LEARNED_NOTHING,
+    AOAI_LEARNED_429,           /* a 429's retry-after-ms / Retry-After */
+    AOAI_LEARNED_RESET_HEADER,  /* x-ratelimit-reset-* on an answer */
+    AOAI_LEARNED_FIGURES,       /* its remaining figure went back up */
+    AOAI_LEARNED_LENGTH         /* a new window of the learned length */
+} aoai_learned_from;
+
+/* Whether a member's windows are fixed to the clock. */
+typedef enum {
+    AOAI_ANCHOR_UNKNOWN,
+    AOAI_ANCHOR_CLOCK,          /* each starts where the last one ended */
+    AOAI_ANCHOR_FIRST_CALL,     /* each starts at a first call */
+    AOAI_ANCHOR_TESTING         /* one call is finding out */
+} aoai_anchoring;
+
+/* Why a member's figures of one kind are no longer steered by. */
+typedef enum {
+    AOAI_FALLBACK_NONE,
+    AOAI_FALLBACK_429_WITH_ROOM,  /* 429 while its figures said room */
+    AOAI_FALLBACK_NO_REFILL       /* figures that did not go back up */
+} aoai_fallback;
 
 /* A subscription key's tokens in the current minute (aoai_key_quota.c). */
 typedef struct {
@@ -63,6 +114,12 @@ typedef struct {
     apr_int64_t headroom_remaining[AOAI_HEADROOM_KINDS];
     apr_int64_t headroom_limit[AOAI_HEADROOM_KINDS];
     apr_time_t headroom_window_start[AOAI_HEADROOM_KINDS];
+    /* Its windows as learned (aoai_learn.c). */
+    apr_time_t window_end[AOAI_HEADROOM_KINDS];        /* 0: not known */
+    apr_interval_time_t window_length[AOAI_HEADROOM_KINDS]; /* 0: not yet */
+    apr_int64_t window_full[AOAI_HEADROOM_KINDS];
+    int window_learned_from[AOAI_HEADROOM_KINDS];      /* aoai_learned_from */
+    int window_fallback[AOAI_HEADROOM_KINDS];          /* aoai_fallback */
 } aoai_member_stats;
 
 /* Things logged at most once per interval for a member, across children. */

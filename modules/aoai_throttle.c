@@ -44,6 +44,7 @@ void aoai_throttle_note(request_rec *r, aoai_call *call)
     source = aoai_ratelimit_window(&headers, now, &window, &bad_header);
     if (source != AOAI_WINDOW_FOUND && r->status != HTTP_TOO_MANY_REQUESTS) {
         /* A 5xx without a window is a failed attempt, not a full member. */
+        aoai_shared_cache_release_last(r, call->balancer, worker);
         return;
     }
     if (aoai_table_garbage_once(slot, bad_header != NULL)) {
@@ -61,13 +62,17 @@ void aoai_throttle_note(request_rec *r, aoai_call *call)
     if (window > conf->throttle_max) {
         window = conf->throttle_max;
     }
-    /* The window says when the member is back; its remaining figures
-     * (0 on a 429) must not keep it away for longer. */
-    aoai_headroom_forget(slot);
+    /* The window says when the member is back; an exact one is the end
+     * of the member's quota window too (aoai_learn.c). */
+    aoai_headroom_throttled(r, slot, conf, source == AOAI_WINDOW_FOUND,
+                            now + window, now);
     if (aoai_table_raise_window(slot, now + window)) {
         /* Only a window that moved is news to the other gateways. */
         aoai_shared_cache_publish(r, call->balancer, worker, now + window);
     }
+    /* The window is in the cache: the next gateway's call may go, and
+     * will find it. */
+    aoai_shared_cache_release_last(r, call->balancer, worker);
     if (r->status == HTTP_TOO_MANY_REQUESTS) {
         aoai_table_note_429(slot, now, window);
     }

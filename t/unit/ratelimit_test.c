@@ -82,6 +82,22 @@ static aoai_ratelimit_headers hdrs(const char *retry_after_ms,
 
 /* aoai_ratelimit_window: source, window (when FOUND) and bad_header
  * all have to match for the assertion to pass. */
+/* aoai_ratelimit_utilization (issue 19): ok and permille. */
+static void check_utilization(const char *value, int expect_ok,
+                              apr_int64_t expect)
+{
+    apr_int64_t got = -7;
+    int ok = aoai_ratelimit_utilization(value, &got);
+    char want[64], have[64], desc[96];
+
+    snprintf(desc, sizeof(desc), "utilization '%s'", value ? value : "(null)");
+    snprintf(want, sizeof(want), "%d/%" APR_INT64_T_FMT, expect_ok,
+             expect_ok ? expect : (apr_int64_t)-7);
+    snprintf(have, sizeof(have), "%d/%" APR_INT64_T_FMT, ok, got);
+    report(ok == expect_ok && got == (expect_ok ? expect : -7), NULL,
+           desc, have, want);
+}
+
 static void check_window(const char *desc, aoai_ratelimit_headers h,
                          apr_time_t now, aoai_window_source want_source,
                          apr_interval_time_t want_window,
@@ -347,6 +363,18 @@ int main(void)
                            hdrs(NULL, NULL, NULL, "999999999999h"), now);
     check_duration("parse_duration('20000000000ms') is exactly 2e7 s",
                    NULL, "20000000000ms", 0, 1, SEC(20000000));
+
+    check_utilization("97.5%", 1, 975);
+    check_utilization("0%", 1, 0);
+    check_utilization(" 100% ", 1, 1000);
+    check_utilization("250.0%", 1, 1000);
+    check_utilization("12.34%", 1, 123);
+    check_utilization("97.5", 0, 0);
+    check_utilization("-1%", 0, 0);
+    check_utilization("%", 0, 0);
+    check_utilization("5.%", 0, 0);
+    check_utilization("9999999%", 0, 0);
+    check_utilization(NULL, 0, 0);
 
     printf("1..%d\n", tests_run);
     if (tests_failed) {
