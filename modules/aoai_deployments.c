@@ -260,9 +260,9 @@ void aoai_deployments_note_missing(aoai_call *call, proxy_worker *worker)
     }
 }
 
-int aoai_deployments_serves(const aoai_call *call, const proxy_worker *worker)
+int aoai_deployments_serves(aoai_call *call, const proxy_worker *worker)
 {
-    const aoai_route *route = &call->route;
+    aoai_route *route = &call->route;
 
     if (call->objects.owner) {
         return worker == call->objects.owner;   /* it holds the objects */
@@ -272,10 +272,15 @@ int aoai_deployments_serves(const aoai_call *call, const proxy_worker *worker)
              && route->at_member[worker->s->index])) {
         return 0;
     }
-    if (!route->name || !aoai_affinity_marks_on(apr_time_now())) {
+    if (!route->name) {
         return 1;
     }
-    return !aoai_affinity_marked(lack_key(call, worker), apr_time_now());
+    if (!route->marks_looked) {
+        route->marks_on = aoai_affinity_marks_on(apr_time_now());
+        route->marks_looked = 1;
+    }
+    return !route->marks_on
+           || !aoai_affinity_marked(lack_key(call, worker), apr_time_now());
 }
 
 const char *aoai_deployments_model_at(const aoai_call *call,

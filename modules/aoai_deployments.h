@@ -30,9 +30,10 @@ int aoai_deployments_by_model(const request_rec *r, const char *uri);
 int aoai_deployments_route(aoai_call *call, const char *uri,
                            const char *model);
 /* Whether the member can be sent this call: it serves the deployment, has
- * not just said it lacks it, and holds the objects the call names. */
-int aoai_deployments_serves(const aoai_call *call,
-                            const proxy_worker *worker);
+ * not just said it lacks it, and holds the objects the call names.  Asked
+ * of every member at every pick: whether any "lacks" mark is on at all is
+ * read once a call. */
+int aoai_deployments_serves(aoai_call *call, const proxy_worker *worker);
 /* The member answered DeploymentNotFound: passed over for that deployment
  * for AOAIThrottleDefault. */
 void aoai_deployments_note_missing(aoai_call *call, proxy_worker *worker);

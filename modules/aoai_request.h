@@ -33,6 +33,9 @@ typedef struct {
                                 * NULL when it does not serve it; the
                                 * array is NULL when every member serves */
     int slots;
+    int marks_looked;          /* marks_on holds the answer, for the call */
+    int marks_on;              /* some member was marked as lacking some
+                                * deployment when the call first asked */
 } aoai_route;
 
 /* The subscription key's token charge; aoai_key_quota.c. */
