@@ -24,6 +24,7 @@
 #include "aoai_page.h"
 #include "aoai_balancers.h"
 #include "aoai_history.h"
+#include "aoai_learn.h"
 #include "aoai_status.h"
 
 #include "apr_strings.h"
@@ -150,6 +151,49 @@ static const char *member_why(apr_pool_t *pool, const aoai_member_view *view,
     return last;
 }
 
+/* What the module learned of the member's two windows (issue 19): each
+ * kind's length and where it came from, or the fallback to 429 windows. */
+static const char *learned_windows(apr_pool_t *pool,
+                                   const aoai_member_stats *stats,
+                                   apr_time_t now)
+{
+    static const char *const kinds[AOAI_HEADROOM_KINDS] = {
+        "requests", "tokens"
+    };
+    const char *text = NULL;
+    int kind;
+
+    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+        const char *fallback = aoai_learn_fallback_name(
+                                   stats->window_fallback[kind]);
+        const char *from = aoai_learn_source_name(
+                               stats->window_learned_from[kind]);
+        const char *line;
+
+        if (fallback) {
+            line = apr_psprintf(pool, "%s: 429 windows (%s)", kinds[kind],
+                                fallback);
+        }
+        else if (stats->window_length[kind]) {
+            line = apr_psprintf(pool, "%s: window of %" APR_TIME_T_FMT
+                                " ms learned from %s%s", kinds[kind],
+                                apr_time_as_msec(stats->window_length[kind]),
+                                from ? from : "its figures",
+                                stats->window_end[kind] > now
+                                ? apr_psprintf(pool, ", reopens in %"
+                                               APR_TIME_T_FMT " ms",
+                                               apr_time_as_msec(
+                                                   stats->window_end[kind]
+                                                   - now)) : "");
+        }
+        else {
+            continue;
+        }
+        text = text ? apr_pstrcat(pool, text, "; ", line, NULL) : line;
+    }
+    return text;
+}
+
 /* Minute bars, oldest on the left: one SVG of what history kind holds. */
 static void chart(request_rec *r, const aoai_history_view *history,
                   int minutes, aoai_history_kind kind, const char *what,
@@ -225,6 +269,7 @@ static void member_row(const aoai_page *page, const aoai_member_view *view)
     const char *state = aoai_status_state(view, now);
     const char *route = view->worker->s->route;
     const apr_uint64_t *c = view->stats.counters;
+    const char *learned;
 
     ap_rvputs(r, "<tr class=\"member\" data-route=\"",
               ap_escape_html(r->pool, route), "\" data-state=\"", state,
@@ -237,9 +282,12 @@ static void member_row(const aoai_page *page, const aoai_member_view *view)
                view->worker->s->lbset, aoai_status_weight(view->worker),
                state, state);
     window_cell(r, view, now);
+    learned = learned_windows(r->pool, &view->stats, now);
     ap_rvputs(r, "<td class=\"why\"><small>",
               ap_escape_html(r->pool, member_why(r->pool, view, state)),
-              "</small></td>", NULL);
+              learned ? "<br><span class=\"learned\">" : "",
+              learned ? ap_escape_html(r->pool, learned) : "",
+              learned ? "</span>" : "", "</small></td>", NULL);
     headroom_cell(r, &view->stats, 0);
     headroom_cell(r, &view->stats, 1);
     ap_rprintf(r, "<td class=\"n\">%" APR_UINT64_T_FMT "</td><td class=\"n\">%"
