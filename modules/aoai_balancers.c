@@ -48,6 +48,17 @@ apr_status_t aoai_balancers_each(server_rec *s, aoai_balancers_fn *fn,
     return APR_SUCCESS;
 }
 
+void aoai_balancers_sync(server_rec *s, proxy_balancer *balancer)
+{
+    proxy_server_conf *proxy_conf =
+        ap_get_module_config(s->module_config, &proxy_module);
+
+    if (PROXY_THREAD_LOCK(balancer) == APR_SUCCESS) {
+        ap_proxy_sync_balancer(balancer, s, proxy_conf);
+        PROXY_THREAD_UNLOCK(balancer);
+    }
+}
+
 const char *aoai_balancers_label(const proxy_worker *worker)
 {
     return *worker->s->route ? worker->s->route : worker->s->name_ex;

@@ -23,6 +23,11 @@ typedef apr_status_t (aoai_balancers_fn)(server_rec *s,
 apr_status_t aoai_balancers_each(server_rec *s, aoai_balancers_fn *fn,
                                  void *baton);
 
+/* The balancer's members as they are now, with those added through the
+ * balancer-manager in another child (a reader of every member, such as the
+ * status pages, calls it first). */
+void aoai_balancers_sync(server_rec *s, proxy_balancer *balancer);
+
 /* What logs and the client call a member: its route, else its URL. */
 const char *aoai_balancers_label(const proxy_worker *worker);
 

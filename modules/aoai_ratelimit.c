@@ -217,27 +217,39 @@ aoai_window_source aoai_ratelimit_window(const aoai_ratelimit_headers *h,
     return *bad_header ? AOAI_WINDOW_GARBAGE : AOAI_WINDOW_ABSENT;
 }
 
+/* Past spaces and tabs, as header values may have around a figure. */
+static const char *past_blanks(const char *value)
+{
+    while (*value == ' ' || *value == '\t') {
+        value++;
+    }
+    return value;
+}
+
+/* The digits at *value, at most max of them: their count (0: none, -1:
+ * too many), *value moved past them. */
+static int read_digits(const char **value, int max, apr_int64_t *n)
+{
+    int digits = 0;
+
+    for (*n = 0; apr_isdigit(**value); (*value)++) {
+        if (++digits > max) {
+            return -1;
+        }
+        *n = *n * 10 + (**value - '0');
+    }
+    return digits;
+}
+
 int aoai_ratelimit_figure(const char *value, apr_int64_t *figure)
 {
-    apr_int64_t n = 0;
-    int digits = 0;
+    apr_int64_t n;
 
     if (!value) {
         return 0;
     }
-    while (*value == ' ' || *value == '\t') {
-        value++;
-    }
-    for (; apr_isdigit(*value); value++) {
-        if (++digits > 12) {
-            return 0;
-        }
-        n = n * 10 + (*value - '0');
-    }
-    while (*value == ' ' || *value == '\t') {
-        value++;
-    }
-    if (!digits || *value) {
+    value = past_blanks(value);
+    if (read_digits(&value, 12, &n) <= 0 || *past_blanks(value)) {
         return 0;
     }
     *figure = n;
@@ -246,20 +258,15 @@ int aoai_ratelimit_figure(const char *value, apr_int64_t *figure)
 
 int aoai_ratelimit_utilization(const char *value, apr_int64_t *permille)
 {
-    apr_int64_t whole = 0, tenths = 0;
-    int digits = 0;
+    apr_int64_t whole, tenths = 0;
+    int digits;
 
     if (!value) {
         return 0;
     }
-    while (*value == ' ' || *value == '\t') {
-        value++;
-    }
-    for (; apr_isdigit(*value); value++) {
-        if (++digits > 6) {
-            return 0;
-        }
-        whole = whole * 10 + (*value - '0');
+    value = past_blanks(value);
+    if ((digits = read_digits(&value, 6, &whole)) < 0) {
+        return 0;
     }
     if (*value == '.') {
         if (!apr_isdigit(value[1])) {
@@ -269,12 +276,7 @@ int aoai_ratelimit_utilization(const char *value, apr_int64_t *permille)
         for (value++; apr_isdigit(*value); value++) {
         }
     }
-    if (!digits || *value != '%') {
-        return 0;
-    }
-    for (value++; *value == ' ' || *value == '\t'; value++) {
-    }
-    if (*value) {
+    if (!digits || *value != '%' || *past_blanks(value + 1)) {
         return 0;
     }
     *permille = whole >= 100 ? 1000 : whole * 10 + tenths;

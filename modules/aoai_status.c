@@ -108,16 +108,10 @@ static apr_status_t collect_balancer(server_rec *s, proxy_balancer *balancer,
                                      void *baton)
 {
     aoai_snapshot *snapshot = baton;
-    proxy_server_conf *proxy_conf =
-        ap_get_module_config(s->module_config, &proxy_module);
     proxy_worker **workers;
     int i;
 
-    /* Members added through the balancer-manager in another child. */
-    if (PROXY_THREAD_LOCK(balancer) == APR_SUCCESS) {
-        ap_proxy_sync_balancer(balancer, s, proxy_conf);
-        PROXY_THREAD_UNLOCK(balancer);
-    }
+    aoai_balancers_sync(s, balancer);
     workers = (proxy_worker **)balancer->workers->elts;
     for (i = 0; i < balancer->workers->nelts; i++) {
         aoai_member_view *view = apr_array_push(snapshot->members);
