@@ -6,7 +6,9 @@
 # when its window ends.  Callers present a subscription key; each farm is
 # called with its own key.  Headroom routing is on (the default): farm1's
 # x-ratelimit-remaining-requests sends calls to farm0 before farm1 has to
-# answer 429; DEMO_HEADROOM=off shows the 429-and-failover path instead.
+# answer 429, and farm1's learned window brings them back the moment it
+# reopens (learning its end costs one 429, failed over unseen);
+# DEMO_HEADROOM=off shows the 429-and-failover path at every window.
 use strict;
 use warnings;
 use FindBin;
