@@ -22,17 +22,6 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 use File::Temp qw(tempdir);
 
-# A gateway whose members have priorities 0, 1, ... in the order named.
-sub gateway {
-    my ($mock, $directives, @members) = @_;
-    my $lbset = 0;
-    return start_gateway(conf =>
-        balancer_conf('aoai', inside => $directives, members => [
-            map { [ $mock->member_url($_), lbset => $lbset++, route => $_ ] } @members ])
-      . "ProxyPass /openai balancer://aoai/openai\n"
-      . "<Location /aoai-status>\n    SetHandler aoai-balancer-status\n</Location>\n");
-}
-
 # Who served each of $n calls, or the status of a call that was not served.
 sub who_served {
     my ($gw, $n, %o) = @_;
@@ -56,7 +45,7 @@ my $mock = start_mock(members => [
 # 1. Requests: five calls fit the primary's window; the sixth goes to the
 # secondary without a 429 from the primary.  After the window, back.
 {
-    my $gw = gateway($mock, "    AOAIHeadroomWindow requests 3s\n", qw(primary secondary));
+    my $gw = priority_gateway($mock, "    AOAIHeadroomWindow requests 3s\n", qw(primary secondary));
     my @who = who_served($gw, 12);
     is(count_of('primary', @who), 5, 'the primary serves the 5 calls of its window');
     is(count_of('secondary', @who), 7, 'the next 7 go to the secondary');
@@ -85,7 +74,7 @@ my $mock = start_mock(members => [
 {
     # The window given: with it learned instead, the member's first
     # window ends with one 429 that teaches it (t/30_learned_windows.t).
-    my $gw = gateway($mock, "    AOAIHeadroomWindow requests 8s\n", qw(burst burst_spare));
+    my $gw = priority_gateway($mock, "    AOAIHeadroomWindow requests 8s\n", qw(burst burst_spare));
     my @first = who_served($gw, 1);
     is($first[0], 'burst', 'the first call leaves the member 5 requests');
     my $dir = tempdir(CLEANUP => 1);
@@ -114,7 +103,7 @@ my $mock = start_mock(members => [
 # 16) per call against 400 tokens per 4 s; the gateway estimates the same
 # way and stops before a call would not fit.
 {
-    my $gw = gateway($mock, "    AOAIHeadroomWindow tokens 4s\n", qw(tokens tokens_spare));
+    my $gw = priority_gateway($mock, "    AOAIHeadroomWindow tokens 4s\n", qw(tokens tokens_spare));
     my $cost = int(length(chat_body(max_tokens => 16)) / 4) + 1 + 16;
     my $fits = int(400 / $cost);
     my @who = who_served($gw, $fits + 3, max_tokens => 16);
@@ -138,7 +127,7 @@ my $mock = start_mock(members => [
 # has sent: 9 for a quota of 10, so a floor of 4): it keeps 4 requests in
 # reserve and serves 6.
 {
-    my $gw = gateway($mock, "    AOAIHeadroomFloor requests 50%\n    AOAIHeadroomWindow requests 8s\n",
+    my $gw = priority_gateway($mock, "    AOAIHeadroomFloor requests 50%\n    AOAIHeadroomWindow requests 8s\n",
                      qw(pct pct_spare));
     my @who = who_served($gw, 10);
     is(count_of('pct', @who), 6, 'a 50% floor keeps the member 4 requests of 10 in reserve');
@@ -149,7 +138,7 @@ my $mock = start_mock(members => [
 # 5. Both members low (a floor of 2 of their 5): calls still go out by
 # priority, and are served while a member has room.
 {
-    my $gw = gateway($mock, "    AOAIHeadroomFloor requests 2\n    AOAIHeadroomWindow requests 8s\n",
+    my $gw = priority_gateway($mock, "    AOAIHeadroomFloor requests 2\n    AOAIHeadroomWindow requests 8s\n",
                      qw(low_a low_b));
     my @who = who_served($gw, 10);
     is_deeply([ @who[0 .. 5] ], [ qw(low_a low_a low_a low_b low_b low_b) ],
@@ -164,7 +153,7 @@ my $mock = start_mock(members => [
 
 # 6. Off: the old behaviour, a 429 and a failover.
 {
-    my $gw = gateway($mock, "    AOAIHeadroomFloor requests off\n    AOAIHeadroomFloor tokens off\n",
+    my $gw = priority_gateway($mock, "    AOAIHeadroomFloor requests off\n    AOAIHeadroomFloor tokens off\n",
                      qw(classic classic_spare));
     my @who = who_served($gw, 5);
     is(count_of('classic', @who), 3, 'with headroom off the member still serves its 3');

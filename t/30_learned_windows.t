@@ -28,16 +28,6 @@ use Test::More;
 use AOAITest;
 use Time::HiRes qw(time sleep);
 
-sub gateway {
-    my ($mock, $directives, @members) = @_;
-    my $lbset = 0;
-    return start_gateway(conf =>
-        balancer_conf('aoai', inside => $directives, members => [
-            map { [ $mock->member_url($_), lbset => $lbset++, route => $_ ] } @members ])
-      . "ProxyPass /openai balancer://aoai/openai\n"
-      . "<Location /aoai-status>\n    SetHandler aoai-balancer-status\n</Location>\n");
-}
-
 # Calls one after the other, $gap apart, for $seconds: [ time, who ] each.
 sub drive {
     my ($gw, $seconds, $gap, %o) = @_;
@@ -88,7 +78,7 @@ my $mock = start_mock(members => [
 
 # 1. A 429's retry-after-ms.
 {
-    my $gw = gateway($mock, '', qw(p429 s429));
+    my $gw = priority_gateway($mock, '', qw(p429 s429));
     my @calls = drive($gw, 8, 0.04);
     # One 429 teaches the window's end; at most one more, sent where a
     # window fixed to the clock would have reopened, that these start at
@@ -114,7 +104,7 @@ my $mock = start_mock(members => [
 # window ends; the one call that probes it finds a new window (a 200 with
 # its figure back up) and no 429 is needed.
 {
-    my $gw = gateway($mock, '', qw(pfig sfig));
+    my $gw = priority_gateway($mock, '', qw(pfig sfig));
     my @calls = drive($gw, 2.4, 0.25);
     is(count_429($mock, 'pfig'), 0, 'figure reset: no 429');
     is(served('pfig', @calls), scalar(@calls), '  the member served every call: the probe found its window reopened');
@@ -125,7 +115,7 @@ my $mock = start_mock(members => [
 
 # 3. x-ratelimit-reset-*: the end is known from the first answer.
 {
-    my $gw = gateway($mock, '', qw(preset sreset));
+    my $gw = priority_gateway($mock, '', qw(preset sreset));
     my @calls = drive($gw, 5, 0.04);
     my @runs = runs_of('preset', @calls);
     is(count_429($mock, 'preset'), 0, 'reset headers: not one 429');
@@ -153,7 +143,7 @@ sub reactive_ok {
 
 # 4. Fallbacks.
 {
-    my $gw = gateway($mock, '', qw(pnever snever));
+    my $gw = priority_gateway($mock, '', qw(pnever snever));
     my @calls = drive($gw, 4, 0.03);
     is(member_status($gw, 'aoai', 'pnever')->{windows}{requests}{fallback}, 'figures-did-not-go-back-up',
        'figures that never go back up: the requests fall back');
@@ -163,7 +153,7 @@ sub reactive_ok {
     $gw->stop;
 }
 {
-    my $gw = gateway($mock, '', qw(proom sroom));
+    my $gw = priority_gateway($mock, '', qw(proom sroom));
     is(served_by(chat($gw)), 'proom', 'one call leaves the member 3 of its 4');
     $mock->control('proom', { force_status => 429, force_count => 1,
                               retry_after_form => 'azure', retry_after_ms => 300 });
@@ -175,7 +165,7 @@ sub reactive_ok {
 }
 for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
     my ($p, $s, $says) = @$case;
-    my $gw = gateway($mock, '', $p, $s);
+    my $gw = priority_gateway($mock, '', $p, $s);
     my @calls = drive($gw, 4, 0.03);
     reactive_ok("remaining $says", $p, 4, @calls);
     is(scalar(grep { $_->[1] !~ /^($p|$s)$/ } @calls), 0, "  remaining $says: every call was served");
@@ -184,7 +174,7 @@ for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
 
 # 5. Tokens: 400 per 2 s, admitted on prompt + max_tokens as Azure does.
 {
-    my $gw = gateway($mock, '', qw(ptok stok));
+    my $gw = priority_gateway($mock, '', qw(ptok stok));
     my @calls = drive($gw, 7, 0.03, max_tokens => 40);
     my $n429 = count_429($mock, 'ptok');
     ok($n429 <= 2, "tokens: at most the two 429s that teach the window ($n429)");
@@ -201,7 +191,7 @@ for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
 # 6. Windows fixed to the wall clock, phase 370 ms: learned too, within a
 # few 429s, and the member's quota used.
 {
-    my $gw = gateway($mock, '', qw(pwall swall));
+    my $gw = priority_gateway($mock, '', qw(pwall swall));
     my @calls = drive($gw, 6, 0.03);
     my $n429 = count_429($mock, 'pwall');
     ok($n429 <= 3, "wall clock: $n429 429s in 6 windows while it learned");
@@ -216,7 +206,7 @@ for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
 # 1.5 s and answers 429 at 100%.  The utilization is its headroom: the
 # member is left alone once it says 100%, back when its window reopens.
 {
-    my $gw = gateway($mock, '', qw(pptu sptu));
+    my $gw = priority_gateway($mock, '', qw(pptu sptu));
     my @calls = drive($gw, 7, 0.03);
     my $n429 = count_429($mock, 'pptu');
     ok($n429 <= 2, "utilization: at most the two 429s that teach the window ($n429)");

@@ -28,7 +28,7 @@ our @EXPORT = qw(start_mock start_gateway configtest chat_body chat
                  post_json get_json free_port wait_until raw_connect
                  raw_request access_log_records sha256_hex $TOP
                  $CHAT_PATH start_redis start_memcached start_blackhole
-                 balancer_conf served_by member_status);
+                 balancer_conf priority_gateway served_by member_status);
 
 our $CHAT_PATH =
     '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01';
@@ -520,6 +520,19 @@ sub balancer_conf {
     my $inside = $o{inside} // '';
     $conf .= ref $inside ? join('', map { "    $_\n" } @$inside) : $inside;
     return $conf . "</Proxy>\n";
+}
+
+# A gateway whose one balancer, balancer://aoai at /openai, has the mock's
+# members named, with priorities (lbset) 0, 1, ... in that order, and
+# directives inside its <Proxy>; the JSON status at /aoai-status.
+sub priority_gateway {
+    my ($mock, $directives, @members) = @_;
+    my $lbset = 0;
+    return start_gateway(conf =>
+        balancer_conf('aoai', inside => $directives, members => [
+            map { [ $mock->member_url($_), lbset => $lbset++, route => $_ ] } @members ])
+      . "ProxyPass /openai balancer://aoai/openai\n"
+      . "<Location /aoai-status>\n    SetHandler aoai-balancer-status\n</Location>\n");
 }
 
 # Who served a call: the member the gateway names in x-aoai-backend, or
