@@ -24,13 +24,7 @@ use AOAITest;
 my %client_key = (team_a => 'sk-obs-team-a-1234', team_b => 'sk-obs-team-b-5678');
 my $secrets = tempdir('aoai-obs-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $secrets;
-my $keyfile = "$secrets/subscription-keys";
-{
-    open my $fh, '>', $keyfile or die;
-    print $fh map { `printf '%s' '$client_key{$_}' | $TOP/scripts/aoai-keyhash $_` }
-              sort keys %client_key;
-    close $fh;
-}
+my $keyfile = write_key_file("$secrets/subscription-keys", %client_key);
 
 my $mock = start_mock(members => [ { name => 'primary', stream => '4 5' },
                                    { name => 'secondary', stream => '4 5' } ]);

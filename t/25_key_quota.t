@@ -38,15 +38,7 @@ my %key = map { $_ => "sk-$_-" . join('', map { ('a' .. 'z')[rand 26] } 1 .. 16)
           qw(team_a team_b team_c team_d team_e team_f team_g);
 my $secrets = tempdir('aoai-secrets-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $secrets;
-my $keyfile = "$secrets/subscription-keys";
-for my $label (sort keys %key) {
-    my $line = `printf '%s' '$key{$label}' | $TOP/scripts/aoai-keyhash $label`;
-    die "aoai-keyhash $label failed" unless $line =~ /^\Q$label\E [0-9a-f]{64}\n\z/;
-    open my $fh, '>>', $keyfile or die "$keyfile: $!";
-    print $fh $line;
-    close $fh;
-}
-chmod 0644, $keyfile;
+my $keyfile = write_key_file("$secrets/subscription-keys", %key);
 
 # A chat body whose length is not a multiple of 4, so that ceil(bytes / 4)
 # is the same whichever way the rounding is written.

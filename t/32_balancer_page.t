@@ -30,12 +30,8 @@ plan skip_all => 'no t/page/node_modules (t/run runs npm ci there)'
 my %client_key = (team_a => 'sk-page-team-a-1234');
 my $secrets = tempdir('aoai-page-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $secrets;
-my $keyfile = "$secrets/subscription-keys";
-{
-    open my $fh, '>', $keyfile or die;
-    print $fh `printf '%s' '$client_key{team_a}' | $TOP/scripts/aoai-keyhash team_a`;
-    close $fh;
-}
+my $keyfile = write_key_file("$secrets/subscription-keys",
+                             team_a => $client_key{team_a});
 
 my $mock = start_mock(members => [
     { name => 'primary', quota => '100 100000', set => { limit_headers => 'on' } },

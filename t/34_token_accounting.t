@@ -33,15 +33,8 @@ my @teams = qw(stream gzip big unread unread_max usage);
 my %key = map { $_ => "sk-$_-" . join('', map { ('a' .. 'z')[rand 26] } 1 .. 16) } @teams;
 my $secrets = tempdir('aoai-secrets-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $secrets;
-my $keyfile = "$secrets/subscription-keys";
-for my $label (@teams) {
-    my $line = `printf '%s' '$key{$label}' | $TOP/scripts/aoai-keyhash $label`;
-    die "aoai-keyhash $label failed" unless $line =~ /^\Q$label\E [0-9a-f]{64}\n\z/;
-    open my $fh, '>>', $keyfile or die "$keyfile: $!";
-    print $fh $line;
-    close $fh;
-}
-chmod 0644, $keyfile;
+my $keyfile = write_key_file("$secrets/subscription-keys",
+                             map { $_ => $key{$_} } @teams);
 
 my %long = (completion_tokens => $COMPLETION);
 my $mock = start_mock(members => [

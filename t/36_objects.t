@@ -30,9 +30,7 @@ plan skip_all => 'node and t/sdk/node_modules are needed (t/run installs them)'
 my $key = 'sk-objects-0a1b2c3d4e';
 my $secrets = tempdir('aoai-objects-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $secrets;
-open my $fh, '>', "$secrets/keys" or die;
-print $fh `printf '%s' '$key' | $TOP/scripts/aoai-keyhash sdk`;
-close $fh;
+write_key_file("$secrets/keys", sdk => $key);
 
 my $mock = start_mock(members => [ { name => 'farm1' }, { name => 'farm0' } ]);
 my %url = map { $_ => $mock->member_url($_) } qw(farm1 farm0);

@@ -41,9 +41,7 @@ END { kill 'TERM', $members_pid if $members_pid }
 
 my $secrets = tempdir('aoai-realtime-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $secrets;
-open my $fh, '>', "$secrets/keys" or die;
-print $fh `printf '%s' '$client_key' | $TOP/scripts/aoai-keyhash browser`;
-close $fh;
+write_key_file("$secrets/keys", browser => $client_key);
 $ENV{AOAI_RT_FARM1} = $member_key{farm1};
 $ENV{AOAI_RT_FARM0} = $member_key{farm0};
 

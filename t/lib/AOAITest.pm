@@ -28,7 +28,8 @@ our @EXPORT = qw(start_mock start_gateway configtest chat_body chat
                  post_json get_json free_port wait_until raw_connect
                  raw_request access_log_records sha256_hex $TOP
                  $CHAT_PATH start_redis start_memcached start_blackhole
-                 balancer_conf priority_gateway served_by member_status);
+                 balancer_conf priority_gateway served_by member_status
+                 write_key_file);
 
 our $CHAT_PATH =
     '/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-06-01';
@@ -533,6 +534,22 @@ sub priority_gateway {
             map { [ $mock->member_url($_), lbset => $lbset++, route => $_ ] } @members ])
       . "ProxyPass /openai balancer://aoai/openai\n"
       . "<Location /aoai-status>\n    SetHandler aoai-balancer-status\n</Location>\n");
+}
+
+# An AOAISubscriptionKeyFile at $path holding label => key, each line as
+# scripts/aoai-keyhash writes it (the way an admin makes one); dies when the
+# script writes anything else.  Mode 0644, so that the children can read it.
+sub write_key_file {
+    my ($path, %keys) = @_;
+    open my $fh, '>', $path or die "$path: $!";
+    for my $label (sort keys %keys) {
+        my $line = `printf '%s' '$keys{$label}' | $TOP/scripts/aoai-keyhash $label`;
+        die "aoai-keyhash $label failed" unless $line =~ /^\Q$label\E [0-9a-f]{64}\n\z/;
+        print $fh $line;
+    }
+    close $fh or die "$path: $!";
+    chmod 0644, $path;
+    return $path;
 }
 
 # Who served a call: the member the gateway names in x-aoai-backend, or
