@@ -74,7 +74,8 @@ sub gateway {
         balancer_conf('aoai', members => [
             [ $mock->member_url("p$i"), lbset => 0, route => "p$i" ],
             [ $mock->member_url("s$i"), lbset => 1, route => "s$i" ] ])
-      . "ProxyPass /openai balancer://aoai/openai\n");
+      . "ProxyPass /openai balancer://aoai/openai\n"
+      . "<Location /aoai-status>\n    SetHandler aoai-balancer-status\n</Location>\n");
 }
 
 # One client: its share of the calls, a random gap each, written as
@@ -136,7 +137,13 @@ sub run_row {
     my @pids;
     for my $c (1 .. $clients) {
         my $pid = fork // die "fork: $!";
-        client($gw, $row, int($calls / $clients), "$dir/$c") unless $pid;
+        unless ($pid) {
+            # each client its own random gaps: a forked child would
+            # otherwise repeat its parent's, and the 4 clients would send
+            # in bursts of 4, in step with each other
+            srand($seed * 1000 + $i * 10 + $c);
+            client($gw, $row, int($calls / $clients), "$dir/$c");
+        }
         push @pids, $pid;
     }
     waitpid $_, 0 for @pids;
@@ -150,6 +157,11 @@ sub run_row {
                           max_tokens => $max };
         }
     }
+    my $w = member_status($gw, 'aoai', "p$i")->{windows} || {};
+    my $learned = join '; ', map {
+        my $k = $w->{$_} || {};
+        "$_: " . join ', ', map { "$_=" . ($k->{$_} // '-') } sort keys %$k
+    } grep { $w->{$_} } qw(requests tokens);
     $gw->stop;
     my $ok = grep { $_->{status} == 200 } @done;
     my $p200 = grep { $_->{status} == 200 && $_->{who} eq "p$i" } @done;
@@ -159,7 +171,8 @@ sub run_row {
                        - (sort { $a <=> $b } map { $_->{sent} } @done)[0] : 0;
     my $windows = POSIX::ceil($span / ($window_ms / 1000)) || 1;
     return { name => $name, calls => scalar @done, success => @done ? $ok / @done : 0,
-             p429 => $p429, windows => $windows, p200 => $p200, allowed => $allowed };
+             p429 => $p429, windows => $windows, p200 => $p200, allowed => $allowed,
+             learned => $learned };
 }
 
 my @results = map { run_row($_) } 0 .. $#rows;
@@ -175,3 +188,5 @@ for my $r (@results) {
         $r->{windows}, $r->{p200}, $r->{allowed},
         $r->{allowed} ? 100 * $r->{p200} / $r->{allowed} : 100;
 }
+print "\nWhat the gateway learned of each priority member at the end of its row:\n";
+print "- $_->{name}: $_->{learned}\n" for @results;

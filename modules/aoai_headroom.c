@@ -148,6 +148,14 @@ void aoai_headroom_note(request_rec *r, aoai_member_slot *slot,
         if (f.remaining < 0) {
             continue;
         }
+        if (aoai_learn_relearn(&headroom[kind], now)) {
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, AOAI_LOGNO(102)
+                          "%s: member %s's %s windows are learned afresh "
+                          "from this answer on",
+                          call ? call->balancer->s->name : "-",
+                          call ? aoai_balancers_label(call->attempt.worker)
+                               : "-", kind_name[kind]);
+        }
         f.reset = header_reset(r, kind);
         f.cost = cost(&headroom[kind], kind, call ? call->token_estimate : 0);
         f.sent = r->request_time;
@@ -195,7 +203,8 @@ void aoai_headroom_throttled(request_rec *r, aoai_member_slot *slot,
     }
     for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
         if (modelled & (1 << kind)) {
-            aoai_learn_fall_back(&headroom[kind], AOAI_FALLBACK_429_WITH_ROOM);
+            aoai_learn_fall_back(&headroom[kind], conf, kind,
+                                 AOAI_FALLBACK_429_WITH_ROOM, now);
             apr_atomic_set64(&headroom[kind].reported, (apr_uint64_t)-1);
         }
     }
@@ -337,10 +346,30 @@ int aoai_headroom_near_end(aoai_member_slot *slot, apr_int64_t token_estimate)
     return 0;
 }
 
+static const char *iso_time(apr_pool_t *pool, apr_time_t when)
+{
+    apr_time_exp_t t;
+
+    if (!when) {
+        return NULL;
+    }
+    apr_time_exp_gmt(&t, when);
+    return apr_psprintf(pool, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                        t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
+                        t.tm_hour, t.tm_min, t.tm_sec,
+                        (int)(t.tm_usec / 1000));
+}
+
+static json_t *string_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
 /* For the status pages: what is learned of each window.  "ends" is the
  * current window's end when it is known, "length_ms" the learned length,
  * "learned_from" what last placed the end, "fallback" why the figures of
- * that kind no longer steer (null while they do). */
+ * that kind no longer steer (null while they do), "relearns" when they
+ * are tried again. */
 json_t *aoai_headroom_windows_json(apr_pool_t *pool,
                                    const aoai_member_stats *stats)
 {
@@ -352,26 +381,18 @@ json_t *aoai_headroom_windows_json(apr_pool_t *pool,
                                stats->window_learned_from[kind]);
         const char *fallback = aoai_learn_fallback_name(
                                    stats->window_fallback[kind]);
-        apr_time_t end = stats->window_end[kind];
-        const char *when = NULL;
 
-        if (end) {
-            apr_time_exp_t t;
-            apr_time_exp_gmt(&t, end);
-            when = apr_psprintf(pool, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                                t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
-                                t.tm_hour, t.tm_min, t.tm_sec,
-                                (int)(t.tm_usec / 1000));
-        }
         json_object_set_new(windows, kind_name[kind], json_pack(
-            "{s:o,s:o,s:o,s:I,s:o}",
+            "{s:o,s:o,s:o,s:I,s:o,s:o}",
             "length_ms", stats->window_length[kind]
                 ? json_integer((json_int_t)apr_time_as_msec(
                       stats->window_length[kind])) : json_null(),
-            "ends", when ? json_string(when) : json_null(),
-            "learned_from", from ? json_string(from) : json_null(),
+            "ends", string_or_null(iso_time(pool, stats->window_end[kind])),
+            "learned_from", string_or_null(from),
             "full", (json_int_t)stats->window_full[kind],
-            "fallback", fallback ? json_string(fallback) : json_null()));
+            "fallback", string_or_null(fallback),
+            "relearns", string_or_null(fallback ? iso_time(pool,
+                            stats->window_relearn_at[kind]) : NULL)));
     }
     return windows;
 }

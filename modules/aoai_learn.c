@@ -26,7 +26,10 @@
  * Never worse than reactive: where the figures disagree with the model (a
  * 429 while they said there was room, figures that do not go back up when
  * a window was over) the kind falls back, and the member is steered for
- * it by 429s alone, at worst one per window.
+ * it by 429s alone, at worst one per window.  Not for good: what made the
+ * model wrong may pass (another gateway's calls, a window misplaced while
+ * little was known), so after a few windows the kind learns afresh; a
+ * member that disagrees again waits twice as long each time.
  *
  * Every field is in the member's shared slot, read and written with
  * atomics, so every child learns from every answer and a graceful restart
@@ -37,6 +40,12 @@
 
 #include "apr_atomic.h"
 
+/* A kind that fell back learns afresh after this many of its windows,
+ * doubled each time it falls back again, up to AOAI_RELEARN_DOUBLINGS
+ * times.  Reactive steering pays up to a 429 a window anyway, so a model
+ * tried again and found wrong costs about what the wait saved. */
+#define AOAI_RELEARN_WINDOWS 2
+#define AOAI_RELEARN_DOUBLINGS 5
 /* A lost probe (its answer never came) is retried after this. */
 #define AOAI_PROBE_GAP apr_time_from_sec(1)
 /* A learned window is taken to end a little late rather than early: a
@@ -203,9 +212,49 @@ int aoai_learn_claim_probe(aoai_headroom_shared *h, apr_time_t now)
     return 1;
 }
 
-void aoai_learn_fall_back(aoai_headroom_shared *h, aoai_fallback why)
+void aoai_learn_fall_back(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                          int kind, aoai_fallback why, apr_time_t now)
 {
-    apr_atomic_cas32(&h->fallback, why, AOAI_FALLBACK_NONE);
+    apr_interval_time_t length = read_signed(&h->length);
+    apr_uint32_t before;
+
+    if (!length || overridden(conf, kind)) {
+        length = conf->headroom_window[kind];
+    }
+    if (apr_atomic_cas32(&h->fallback, why, AOAI_FALLBACK_NONE)
+        != AOAI_FALLBACK_NONE) {
+        return;
+    }
+    before = apr_atomic_inc32(&h->fallbacks);
+    if (before > AOAI_RELEARN_DOUBLINGS) {
+        before = AOAI_RELEARN_DOUBLINGS;
+    }
+    set_signed(&h->relearn_at,
+               now + (length * AOAI_RELEARN_WINDOWS << before));
+}
+
+int aoai_learn_relearn(aoai_headroom_shared *h, apr_time_t now)
+{
+    apr_uint64_t at = apr_atomic_read64(&h->relearn_at);
+
+    /* relearn_at is the claim: one caller clears it, puts what was
+     * learned back to nothing, then lets the figures steer again. */
+    if (apr_atomic_read32(&h->fallback) == AOAI_FALLBACK_NONE || !at
+        || now < (apr_time_t)at
+        || apr_atomic_cas64(&h->relearn_at, 0, at) != at) {
+        return 0;
+    }
+    set_signed(&h->reported, -1);
+    set_signed(&h->window_end, 0);
+    set_signed(&h->length, 0);
+    set_signed(&h->exact_end, 0);
+    set_signed(&h->before_refill, -1);
+    set_signed(&h->probe_at, 0);
+    set_signed(&h->in_flight, 0);
+    apr_atomic_set32(&h->anchored, AOAI_ANCHOR_UNKNOWN);
+    apr_atomic_set32(&h->learned_from, AOAI_LEARNED_NOTHING);
+    apr_atomic_set32(&h->fallback, AOAI_FALLBACK_NONE);
+    return 1;
 }
 
 /* What a new window holds, and the largest figure (the status's limit). */
@@ -317,7 +366,7 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
         && pending - f->cost + 1 <= floor) {
         /* The window was over (or the member took a call it had no room
          * for), yet the figure did not go up: it means nothing. */
-        aoai_learn_fall_back(h, AOAI_FALLBACK_NO_REFILL);
+        aoai_learn_fall_back(h, conf, kind, AOAI_FALLBACK_NO_REFILL, now);
         return AOAI_FALLBACK_NO_REFILL;
     }
     if (pending >= 0 && f->sent == read_signed(&h->window_start)) {

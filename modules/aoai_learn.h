@@ -63,9 +63,13 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
  * (the window of this kind ends there, and was learned), else 0. */
 int aoai_learn_note_429(aoai_headroom_shared *h, const aoai_dir_conf *conf,
                         int kind, apr_time_t end, apr_time_t now);
-/* The figures of this kind disagree with the model: from now on the
- * member is steered for this kind by 429s only. */
-void aoai_learn_fall_back(aoai_headroom_shared *h, aoai_fallback why);
+/* The figures of this kind disagree with the model: the member is
+ * steered for this kind by 429s only, until it learns afresh. */
+void aoai_learn_fall_back(aoai_headroom_shared *h, const aoai_dir_conf *conf,
+                          int kind, aoai_fallback why, apr_time_t now);
+/* A kind that fell back and whose time has come learns its windows
+ * afresh from this answer on: 1 to the one caller that made it so. */
+int aoai_learn_relearn(aoai_headroom_shared *h, apr_time_t now);
 
 /* Names for the status pages. */
 const char *aoai_learn_source_name(int learned_from);

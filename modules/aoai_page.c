@@ -171,8 +171,13 @@ static const char *learned_windows(apr_pool_t *pool,
         const char *line;
 
         if (fallback) {
-            line = apr_psprintf(pool, "%s: 429 windows (%s)", kinds[kind],
-                                fallback);
+            apr_time_t at = stats->window_relearn_at[kind];
+            line = apr_psprintf(pool, "%s: 429 windows (%s)%s", kinds[kind],
+                                fallback, at > now
+                                ? apr_psprintf(pool, ", learned afresh in %"
+                                               APR_TIME_T_FMT " s",
+                                               apr_time_sec(at - now + 999999))
+                                : "");
         }
         else if (stats->window_length[kind]) {
             line = apr_psprintf(pool, "%s: window of %" APR_TIME_T_FMT

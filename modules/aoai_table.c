@@ -446,6 +446,8 @@ static void read_stats(const aoai_member_slot *slot, aoai_member_stats *stats)
         stats->window_full[i] = (apr_int64_t)apr_atomic_read64(&h->full);
         stats->window_learned_from[i] = (int)apr_atomic_read32(&h->learned_from);
         stats->window_fallback[i] = (int)apr_atomic_read32(&h->fallback);
+        stats->window_relearn_at[i] =
+            (apr_time_t)apr_atomic_read64(&h->relearn_at);
     }
 }
 

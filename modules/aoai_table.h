@@ -72,6 +72,9 @@ typedef struct {
     volatile apr_uint64_t in_flight;    /* apr_int64_t: what the calls
                                          * sent and not yet answered in
                                          * this window are to use */
+    volatile apr_uint64_t relearn_at;   /* apr_time_t: when a kind that
+                                         * fell back learns afresh */
+    volatile apr_uint32_t fallbacks;    /* how many times it fell back */
 } aoai_headroom_shared;
 
 /* What told the module where a member's window ends. */
@@ -120,6 +123,7 @@ typedef struct {
     apr_int64_t window_full[AOAI_HEADROOM_KINDS];
     int window_learned_from[AOAI_HEADROOM_KINDS];      /* aoai_learned_from */
     int window_fallback[AOAI_HEADROOM_KINDS];          /* aoai_fallback */
+    apr_time_t window_relearn_at[AOAI_HEADROOM_KINDS]; /* 0: none due */
 } aoai_member_stats;
 
 /* Things logged at most once per interval for a member, across children. */

@@ -14,7 +14,8 @@
 #   - fallback: figures that never go back up, a 429 while the figures
 #     say there is room, figures of 0 or -1 meaning "unknown": the member
 #     is steered by 429s alone for that kind, one per window at worst,
-#     its quota used;
+#     its quota used; and learns afresh two of its windows later (four
+#     after a second fallback);
 #   - tokens: the call's estimate (prompt + max_tokens) against a token
 #     window, learned the same way;
 #   - windows fixed to the wall clock, with a phase of their own;
@@ -68,6 +69,7 @@ my $mock = start_mock(members => [
     { name => 'preset', quota => '4 1500', set => { limit_headers => 'on' } }, { name => 'sreset' },
     { name => 'pnever', quota => '4 1000', set => { remaining_never_reset => 'on' } }, { name => 'snever' },
     { name => 'proom', quota => '4 1000' }, { name => 'sroom' },
+    { name => 'pagain', quota => '4 1000' }, { name => 'sagain' },
     { name => 'pneg', quota => '4 1000', set => { remaining_unknown => '-1' } }, { name => 'sneg' },
     { name => 'pzero', quota => '4 1000', set => { remaining_unknown => '0' } }, { name => 'szero' },
     { name => 'ptok', quota => '1000 2000 400', set => { quota_estimate => 'on' } }, { name => 'stok' },
@@ -161,6 +163,56 @@ sub reactive_ok {
     my $w = member_status($gw, 'aoai', 'proom')->{windows};
     is($w->{requests}{fallback}, '429-while-figures-said-room', 'a 429 while the figures said room: fallback');
     reactive_ok('429 with room', 'proom', 4, @calls);
+    $gw->stop;
+}
+# A fallback is not for good: two windows of the learned length later the
+# member's figures steer again, learned afresh; a second fallback waits
+# twice as long.
+sub relearns_in {
+    my ($gw, $who) = @_;
+    my $w = member_status($gw, 'aoai', $who)->{windows}{requests};
+    my ($h, $m, $s) = ($w->{relearns} // '') =~ /T(\d\d):(\d\d):([\d.]+)Z$/ or return undef;
+    my @now = gmtime;
+    my $in = ($h * 3600 + $m * 60 + $s) - ($now[2] * 3600 + $now[1] * 60 + $now[0] + (time - int time));
+    return $in < -43200 ? $in + 86400 : $in;
+}
+# A 429 on the second call of a fresh window (the first, a 200, leaves it
+# 3 of 4): the model had room.  Returns the fallback the status shows.
+sub room_429 {
+    my ($gw) = @_;
+    sleep 1.2;
+    chat($gw);
+    $mock->control('pagain', { force_status => 429, force_count => 1,
+                               retry_after_form => 'azure', retry_after_ms => 200 });
+    chat($gw);
+    return member_status($gw, 'aoai', 'pagain')->{windows}{requests}{fallback};
+}
+{
+    my $gw = priority_gateway($mock, '', qw(pagain sagain));
+    drive($gw, 3, 0.04);
+    my $length = member_status($gw, 'aoai', 'pagain')->{windows}{requests}{length_ms} // 0;
+    ok(abs($length - 1000) <= 60, "relearning: the member's window learned first ($length ms)");
+    is(room_429($gw), '429-while-figures-said-room', '  a 429 with room: fallback');
+    my $in = relearns_in($gw, 'pagain');
+    ok(defined $in && $in > 1.4 && $in <= 2.3,
+       '  the status says it learns afresh two windows later (in ' . ($in // 'undef') . ' s)');
+    sleep $in + 0.1 if defined $in && $in > 0;
+    my $before = count_429($mock, 'pagain');
+    my @calls = drive($gw, 4, 0.04);
+    my $w = member_status($gw, 'aoai', 'pagain')->{windows}{requests};
+    is($w->{fallback}, undef, '  then its figures steer again');
+    ok(abs(($w->{length_ms} // 0) - 1000) <= 60, "  its window learned again ($w->{length_ms} ms)");
+    my $again = count_429($mock, 'pagain') - $before;
+    ok($again <= 2, "  at the cost of $again 429s in 4 windows");
+    my @runs = runs_of('pagain', @calls);
+    is_deeply([ map { $_->[1] } @runs[1 .. $#runs - 1] ], [ (4) x ($#runs - 1) ],
+              '  all 4 calls of every window') or diag explain \@runs;
+    like($gw->error_log, qr/AOAI102: .*pagain's requests windows are learned afresh/,
+         '  and the log says so');
+    room_429($gw);
+    $in = relearns_in($gw, 'pagain');
+    ok(defined $in && $in > 3.4 && $in <= 4.3,
+       '  a second fallback waits four windows (' . ($in // 'undef') . ' s)');
     $gw->stop;
 }
 for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
