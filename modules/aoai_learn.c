@@ -275,14 +275,28 @@ static void note_reset(aoai_headroom_shared *h, const aoai_learn_figure *f,
 }
 
 /* A figure this far above the last one is a new window, not answers
- * overtaking each other inside one. */
-static int went_back_up(aoai_headroom_shared *h, apr_int64_t figure,
-                        apr_int64_t previous)
+ * overtaking each other inside one.  So is a figure that says its call was
+ * a window's first (a full window less the call) and is not below the
+ * last one, from a call that came after the last figure's: inside one
+ * window a later call always finds less left.  Without that second rule a
+ * window that began while the last one still had room goes unseen when
+ * windows are small (3 calls: 2 left after the first call of one window,
+ * 2 again after the first of the next), and the 429 that ends it would
+ * teach a length reaching back into the window before.  (A member whose
+ * figure never moves, one without a quota, opens a window with each
+ * call by this rule: true enough, and it steers nothing.) */
+static int went_back_up(aoai_headroom_shared *h, const aoai_learn_figure *f,
+                        apr_int64_t previous, apr_time_t previous_sent)
 {
     apr_int64_t full = read_signed(&h->full);
     apr_int64_t jump = full / 2 > 2 ? full / 2 : 2;
 
-    return figure > read_signed(&h->estimate) && figure >= previous + jump;
+    if (f->remaining <= read_signed(&h->estimate)) {
+        return 0;
+    }
+    return f->remaining >= previous + jump
+           || (f->remaining >= previous && f->sent > previous_sent
+               && f->remaining >= full - f->cost);
 }
 
 /* The figure says a window began with the call it answers. */
@@ -339,9 +353,11 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
                                      apr_int64_t floor, apr_time_t now)
 {
     apr_int64_t previous = read_signed(&h->reported), pending;
+    apr_time_t previous_sent = read_signed(&h->reported_sent);
 
     note_capacity(h, f);
     set_signed(&h->reported, f->remaining);
+    set_signed(&h->reported_sent, f->sent);
     if (previous < 0) {
         /* The first figure since nothing was known opens a window. */
         set_signed(&h->window_start, f->sent);
@@ -378,7 +394,7 @@ aoai_fallback aoai_learn_note_figure(aoai_headroom_shared *h,
                          - (read_signed(&h->full) - f->cost)));
         return AOAI_FALLBACK_NONE;
     }
-    if (went_back_up(h, f->remaining, previous)) {
+    if (went_back_up(h, f, previous, previous_sent)) {
         /* A window began before the one the model had ended. */
         apr_atomic_cas32(&h->anchored, AOAI_ANCHOR_CLOCK, AOAI_ANCHOR_TESTING);
         new_window_seen(h, conf, kind, f);

@@ -72,6 +72,8 @@ typedef struct {
     volatile apr_uint64_t in_flight;    /* apr_int64_t: what the calls
                                          * sent and not yet answered in
                                          * this window are to use */
+    volatile apr_uint64_t reported_sent;/* apr_time_t: when the call whose
+                                         * answer carried "reported" came */
     volatile apr_uint64_t relearn_at;   /* apr_time_t: when a kind that
                                          * fell back learns afresh */
     volatile apr_uint32_t fallbacks;    /* how many times it fell back */

@@ -75,6 +75,8 @@ my $mock = start_mock(members => [
     { name => 'ptok', quota => '1000 2000 400', set => { quota_estimate => 'on' } }, { name => 'stok' },
     { name => 'pwall', quota => '4 1000', set => { window_mode => 'wall_clock', window_phase_ms => 370 } },
     { name => 'swall' },
+    { name => 'pedge', quota => '3 1000', set => { window_mode => 'wall_clock', window_phase_ms => 0 } },
+    { name => 'sedge' },
     { name => 'pptu', quota => '0 1500', set => { ptu_tokens => 300 } }, { name => 'sptu' },
 ]);
 
@@ -250,6 +252,31 @@ for my $case ([ 'pneg', 'sneg', '-1' ], [ 'pzero', 'szero', '0' ]) {
     my @runs = runs_of('pwall', @calls);
     my @short = grep { $_->[1] < 4 } @runs[1 .. $#runs - 1];
     is_deeply(\@short, [], '  all 4 calls of every window served') or diag explain \@runs;
+    $gw->stop;
+}
+
+# A window that began while the last one still had room: the first call of
+# a window 1 s long (3 calls) leaves 2, and so does the first call of the
+# next.  The second figure, from a later call and not below the first, says
+# a window began; the 429 that ends that window must not teach a length
+# reaching back to the first call (1.1 s here, on a main that missed it).
+{
+    my $gw = priority_gateway($mock, '', qw(pedge sedge));
+    my $at = sub {    # sleep until $ms past a whole second (phase 0)
+        my ($ms) = @_;
+        my $frac = time - int(time);
+        sleep((($ms / 1000 - $frac) + 1) - int(($ms / 1000 - $frac) + 1));
+    };
+    $at->(850);
+    my @who = (served_by(chat($gw)));
+    $at->(30);
+    push @who, map { served_by(chat($gw)) } 1 .. 4;
+    is("@who", 'pedge pedge pedge pedge sedge',
+       'a window\'s first call, then the next window\'s three and a 429');
+    my $w = member_status($gw, 'aoai', 'pedge')->{windows}{requests};
+    ok(($w->{length_ms} // 0) > 0 && $w->{length_ms} <= 1010,
+       "  the length learned is the window's, not back to the call before ("
+       . ($w->{length_ms} // 'none') . ' ms)');
     $gw->stop;
 }
 
