@@ -346,55 +346,9 @@ int aoai_headroom_near_end(aoai_member_slot *slot, apr_int64_t token_estimate)
     return 0;
 }
 
-static const char *iso_time(apr_pool_t *pool, apr_time_t when)
+const char *aoai_headroom_kind_name(int kind)
 {
-    apr_time_exp_t t;
-
-    if (!when) {
-        return NULL;
-    }
-    apr_time_exp_gmt(&t, when);
-    return apr_psprintf(pool, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                        t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
-                        t.tm_hour, t.tm_min, t.tm_sec,
-                        (int)(t.tm_usec / 1000));
-}
-
-static json_t *string_or_null(const char *s)
-{
-    return s ? json_string(s) : json_null();
-}
-
-/* For the status pages: what is learned of each window.  "ends" is the
- * current window's end when it is known, "length_ms" the learned length,
- * "learned_from" what last placed the end, "fallback" why the figures of
- * that kind no longer steer (null while they do), "relearns" when they
- * are tried again. */
-json_t *aoai_headroom_windows_json(apr_pool_t *pool,
-                                   const aoai_member_stats *stats)
-{
-    json_t *windows = json_object();
-    int kind;
-
-    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
-        const char *from = aoai_learn_source_name(
-                               stats->window_learned_from[kind]);
-        const char *fallback = aoai_learn_fallback_name(
-                                   stats->window_fallback[kind]);
-
-        json_object_set_new(windows, kind_name[kind], json_pack(
-            "{s:o,s:o,s:o,s:I,s:o,s:o}",
-            "length_ms", stats->window_length[kind]
-                ? json_integer((json_int_t)apr_time_as_msec(
-                      stats->window_length[kind])) : json_null(),
-            "ends", string_or_null(iso_time(pool, stats->window_end[kind])),
-            "learned_from", string_or_null(from),
-            "full", (json_int_t)stats->window_full[kind],
-            "fallback", string_or_null(fallback),
-            "relearns", string_or_null(fallback ? iso_time(pool,
-                            stats->window_relearn_at[kind]) : NULL)));
-    }
-    return windows;
+    return kind_name[kind];
 }
 
 /* ------------------------------------------------------------------ */

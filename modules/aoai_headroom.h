@@ -11,8 +11,6 @@
 
 #include "httpd.h"
 
-#include <jansson.h>
-
 #include "aoai_config.h"
 #include "aoai_table.h"
 
@@ -39,10 +37,8 @@ int aoai_headroom_take(aoai_member_slot *slot, const aoai_dir_conf *conf,
 /* Whether the member is near the end of what it has left (for a call
  * of this token estimate), whether or not headroom steers. */
 int aoai_headroom_near_end(aoai_member_slot *slot, apr_int64_t token_estimate);
-/* The member's learned window of each kind, for the status pages:
- * {"requests": {...}, "tokens": {...}}. */
-json_t *aoai_headroom_windows_json(apr_pool_t *pool,
-                                   const aoai_member_stats *stats);
+/* "requests" or "tokens": a kind's name in logs and on the pages. */
+const char *aoai_headroom_kind_name(int kind);
 
 const char *aoai_headroom_set_floor(cmd_parms *cmd, void *dconf,
                                     const char *which, const char *value);

@@ -23,6 +23,7 @@
 
 #include "aoai_page.h"
 #include "aoai_balancers.h"
+#include "aoai_headroom.h"
 #include "aoai_history.h"
 #include "aoai_learn.h"
 #include "aoai_status.h"
@@ -157,9 +158,6 @@ static const char *learned_windows(apr_pool_t *pool,
                                    const aoai_member_stats *stats,
                                    apr_time_t now)
 {
-    static const char *const kinds[AOAI_HEADROOM_KINDS] = {
-        "requests", "tokens"
-    };
     const char *text = NULL;
     int kind;
 
@@ -172,7 +170,7 @@ static const char *learned_windows(apr_pool_t *pool,
 
         if (fallback) {
             apr_time_t at = stats->window_relearn_at[kind];
-            line = apr_psprintf(pool, "%s: 429 windows (%s)%s", kinds[kind],
+            line = apr_psprintf(pool, "%s: 429 windows (%s)%s", aoai_headroom_kind_name(kind),
                                 fallback, at > now
                                 ? apr_psprintf(pool, ", learned afresh in %"
                                                APR_TIME_T_FMT " s",
@@ -181,7 +179,7 @@ static const char *learned_windows(apr_pool_t *pool,
         }
         else if (stats->window_length[kind]) {
             line = apr_psprintf(pool, "%s: window of %" APR_TIME_T_FMT
-                                " ms learned from %s%s", kinds[kind],
+                                " ms learned from %s%s", aoai_headroom_kind_name(kind),
                                 apr_time_as_msec(stats->window_length[kind]),
                                 from ? from : "its figures",
                                 stats->window_end[kind] > now

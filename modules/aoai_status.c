@@ -24,6 +24,7 @@
 #include "aoai_balancers.h"
 #include "aoai_headroom.h"
 #include "aoai_json.h"
+#include "aoai_learn.h"
 #include "aoai_shared_cache.h"
 #include "aoai_table.h"
 
@@ -409,13 +410,11 @@ static json_t *tokens_json(const apr_uint64_t *c)
  * when the window those figures belong to began; null when unknown. */
 static json_t *headroom_json(apr_pool_t *pool, const aoai_member_stats *stats)
 {
-    static const char *const kinds[AOAI_HEADROOM_KINDS] = { "requests",
-                                                            "tokens" };
     json_t *headroom = json_object();
     int kind;
 
     for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
-        json_object_set_new(headroom, kinds[kind],
+        json_object_set_new(headroom, aoai_headroom_kind_name(kind),
             stats->headroom_remaining[kind] < 0 ? json_null()
             : json_pack("{s:I,s:I,s:s}",
                         "remaining",
@@ -425,6 +424,47 @@ static json_t *headroom_json(apr_pool_t *pool, const aoai_member_stats *stats)
                             stats->headroom_window_start[kind])));
     }
     return headroom;
+}
+
+static json_t *string_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+static const char *iso_time_or_null(apr_pool_t *pool, apr_time_t t)
+{
+    return t ? aoai_status_iso_time(pool, t) : NULL;
+}
+
+/* What is learned of each window (aoai_learn.c): "ends" is the current
+ * window's end when it is known, "length_ms" the learned length,
+ * "learned_from" what last placed the end, "fallback" why the figures of
+ * that kind no longer steer (null while they do), "relearns" when they
+ * are tried again. */
+static json_t *windows_json(apr_pool_t *pool, const aoai_member_stats *stats)
+{
+    json_t *windows = json_object();
+    int kind;
+
+    for (kind = 0; kind < AOAI_HEADROOM_KINDS; kind++) {
+        const char *fallback = aoai_learn_fallback_name(
+                                   stats->window_fallback[kind]);
+
+        json_object_set_new(windows, aoai_headroom_kind_name(kind), json_pack(
+            "{s:o,s:o,s:o,s:I,s:o,s:o}",
+            "length_ms", stats->window_length[kind]
+                ? json_integer((json_int_t)apr_time_as_msec(
+                      stats->window_length[kind])) : json_null(),
+            "ends", string_or_null(iso_time_or_null(pool,
+                                                   stats->window_end[kind])),
+            "learned_from", string_or_null(aoai_learn_source_name(
+                                stats->window_learned_from[kind])),
+            "full", (json_int_t)stats->window_full[kind],
+            "fallback", string_or_null(fallback),
+            "relearns", string_or_null(fallback ? iso_time_or_null(pool,
+                            stats->window_relearn_at[kind]) : NULL)));
+    }
+    return windows;
 }
 
 static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
@@ -461,9 +501,7 @@ static json_t *member_json(apr_pool_t *pool, const aoai_member_view *view,
     json_object_set_new(member, "sessions", json_pack("{s:I,s:I}",
         "open", (json_int_t)c[AOAI_COUNT_SESSIONS_OPEN],
         "total", (json_int_t)c[AOAI_COUNT_SESSIONS]));
-    /* each kind's learned window (aoai_headroom.c) */
-    json_object_set_new(member, "windows", aoai_headroom_windows_json(pool,
-                                                          &view->stats));
+    json_object_set_new(member, "windows", windows_json(pool, &view->stats));
     if (view->stats.throttle_until > now) {
         json_object_set_new(member, "throttled_until", json_string(
             aoai_status_iso_time(pool, view->stats.throttle_until)));
